@@ -1,0 +1,301 @@
+"""Augmentation: all randomness in ``sample_params``, and the plain-torch ops that apply it.
+
+This module is the specification. The Triton kernels in ``rd3fast.kernels`` read the same ``AugParams``
+and must reproduce ``augment`` (exactly for index-moving ops, within a stated tolerance for resampling).
+
+Order per batch (RDED's recipe, which RD3 uses for every method):
+    uint8 images -> PatchShuffle -> crop (RandomResizedCrop | pad+RandomCrop | none) + bilinear resize
+    -> horizontal flip -> normalize -> CutMix / Mixup (one box / one lambda per batch) -> dtype, layout
+
+Upstream semantics mirrored here:
+- RandomResizedCrop sampling is torchvision's ``RandomResizedCrop.get_params``: area scale ~ U(scale),
+  log aspect ratio ~ U(log ratio), w = round(sqrt(area*r)), h = round(sqrt(area/r)), 10 tries, then the
+  centre-crop fallback clamped to the ratio range. Vectorized over the batch (same distribution, not the
+  same random stream as torchvision).
+- Resizing is torch's bilinear interpolation (align_corners=False); with ``antialias=True`` it is torch's
+  antialiased bilinear (PIL's triangle filter), which is what torchvision uses on tensors. Both are written
+  as per-sample separable weight matrices, so crop + resize + zero padding is one batched matmul pair.
+- PatchShuffle is RDED's ShufflePatches (LINs-lab/RDED): the image is cut into ``factor`` column strips of
+  width W // factor (the remainder is dropped), the strips are permuted, then the same is done to rows.
+- CutMix is SRe2L/RDED's ``rand_bbox``: lam ~ Beta(beta, beta), cut = sqrt(1 - lam), box centre uniform,
+  sides int(size * cut) clipped to the image, lam recomputed from the clipped area. Mixup: lam ~ Beta(a, a).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class AugSpec:
+    """The augmentation part of a Config, resolved to pixels."""
+
+    size: int  # output side (square)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    patch_shuffle: int = 1
+    crop: str = "rrc"
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_padding: int = 0
+    antialias: bool = True
+    flip_p: float = 0.5
+    mix: str = "none"
+    cutmix_beta: float = 1.0
+    mixup_alpha: float = 0.8
+    mix_prob: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> "AugSpec":
+        # EDC builds a shuffled patch list and then uses the unshuffled one: the shuffle is a no-op there.
+        factor = 1 if cfg.edc_noop_shuffle else cfg.patch_shuffle
+        return cls(size=size, mean=tuple(mean), std=tuple(std), patch_shuffle=factor, crop=cfg.crop,
+                   rrc_scale=tuple(cfg.rrc_scale), rrc_ratio=tuple(cfg.rrc_ratio), crop_padding=cfg.crop_padding,
+                   antialias=cfg.antialias, flip_p=cfg.flip_p, mix=cfg.mix, cutmix_beta=cfg.cutmix_beta,
+                   mixup_alpha=cfg.mixup_alpha, mix_prob=cfg.mix_prob)
+
+    def shuffled_size(self, h: int, w: int) -> tuple[int, int]:
+        """Image size after PatchShuffle (the remainder strips are dropped)."""
+        f = self.patch_shuffle
+        return (h // f * f, w // f * f) if f > 1 else (h, w)
+
+
+@dataclass
+class AugParams:
+    """Everything random about one batch. Kernels and the torch ops read these; neither draws numbers.
+
+    Boxes are in the coordinates of the PatchShuffled image; ``top``/``left`` may be negative for
+    pad+RandomCrop (pixels outside the image read as 0).
+    """
+
+    boxes: torch.Tensor  # int32 (B, 4): top, left, height, width of each sample's crop
+    flip: torch.Tensor  # bool (B,)
+    row_perm: torch.Tensor | None  # int64 (B, f): PatchShuffle row-strip order, None when factor 1
+    col_perm: torch.Tensor | None  # int64 (B, f): column-strip order
+    partner: torch.Tensor  # int64 (B,): mixing partner of each sample (a permutation)
+    mix_box: torch.Tensor  # int32 (4,): y1, y2, x1, x2 of the CutMix box (empty when not CutMix)
+    lam: torch.Tensor  # float32 (): weight of the sample's own label (1.0 when not mixed)
+    mix: str  # "cutmix" | "mixup" | "none" for this batch
+
+    def to(self, device: torch.device | str) -> "AugParams":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return AugParams(mv(self.boxes), mv(self.flip), mv(self.row_perm), mv(self.col_perm), mv(self.partner),
+                         mv(self.mix_box), mv(self.lam), self.mix)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------------
+def sample_params(spec: AugSpec, batch: int, height: int, width: int, gen: torch.Generator) -> AugParams:
+    """Draw one batch's parameters from ``gen`` (a CPU generator), for source images of height x width."""
+    f = spec.patch_shuffle
+    h, w = spec.shuffled_size(height, width)
+    row_perm = col_perm = None
+    if f > 1:
+        col_perm = torch.argsort(torch.rand(batch, f, generator=gen), dim=1)
+        row_perm = torch.argsort(torch.rand(batch, f, generator=gen), dim=1)
+    if spec.crop == "rrc":
+        boxes = sample_rrc_boxes(batch, h, w, spec.rrc_scale, spec.rrc_ratio, gen)
+    elif spec.crop == "random_crop":
+        boxes = sample_random_crop_boxes(batch, h, w, spec.size, spec.crop_padding, gen)
+    else:
+        boxes = torch.tensor([0, 0, h, w], dtype=torch.int32).repeat(batch, 1)
+    flip = torch.rand(batch, generator=gen) < spec.flip_p
+    partner = torch.randperm(batch, generator=gen)
+    mix_box = torch.zeros(4, dtype=torch.int32)
+    lam, mix = 1.0, "none"
+    do_mix = spec.mix != "none" and float(torch.rand((), generator=gen)) < spec.mix_prob
+    if do_mix:
+        # numpy's Beta sampler, seeded from the torch generator so that one seed drives everything.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen)))
+        if spec.mix == "cutmix":
+            lam_draw = float(rng.beta(spec.cutmix_beta, spec.cutmix_beta))
+            mix_box, lam = cutmix_box(spec.size, spec.size, lam_draw, gen)
+        else:
+            lam = float(rng.beta(spec.mixup_alpha, spec.mixup_alpha))
+        mix = spec.mix
+    return AugParams(boxes=boxes, flip=flip, row_perm=row_perm, col_perm=col_perm, partner=partner,
+                     mix_box=mix_box, lam=torch.tensor(lam, dtype=torch.float32), mix=mix)
+
+
+def sample_rrc_boxes(batch: int, height: int, width: int, scale: tuple[float, float],
+                     ratio: tuple[float, float], gen: torch.Generator, tries: int = 10) -> torch.Tensor:
+    """torchvision RandomResizedCrop.get_params for a whole batch: int32 (B, 4) top, left, h, w."""
+    area = height * width
+    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(batch, tries, generator=gen, dtype=torch.float64))
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(batch, tries, generator=gen, dtype=torch.float64))
+    w = torch.round(torch.sqrt(target * aspect)).long()  # round half to even, like Python's round()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(ok.int(), dim=1)  # index of the first valid try (0 when none is valid)
+    rows = torch.arange(batch)
+    h, w, found = h[rows, first], w[rows, first], ok.any(dim=1)
+    # Centre-crop fallback, clamped to the ratio range (torchvision's code path after 10 failures).
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw, fh = int(round(height * ratio[1])), height
+    else:
+        fw, fh = width, height
+    h = torch.where(found, h, torch.full_like(h, fh))
+    w = torch.where(found, w, torch.full_like(w, fw))
+    u = torch.rand(batch, 2, generator=gen, dtype=torch.float64)
+    top = torch.where(found, (u[:, 0] * (height - h + 1)).long(), torch.full_like(h, (height - fh) // 2))
+    left = torch.where(found, (u[:, 1] * (width - w + 1)).long(), torch.full_like(w, (width - fw) // 2))
+    return torch.stack([top, left, h, w], dim=1).int()
+
+
+def sample_random_crop_boxes(batch: int, height: int, width: int, size: int, padding: int,
+                             gen: torch.Generator) -> torch.Tensor:
+    """torchvision RandomCrop(size, padding): zero-pad, then a uniform size x size window."""
+    hp, wp = height + 2 * padding, width + 2 * padding
+    if hp < size or wp < size:
+        raise ValueError(f"random_crop: padded image {hp}x{wp} is smaller than the crop {size}")
+    top = torch.randint(0, hp - size + 1, (batch,), generator=gen) - padding
+    left = torch.randint(0, wp - size + 1, (batch,), generator=gen) - padding
+    return torch.stack([top, left, torch.full_like(top, size), torch.full_like(top, size)], dim=1).int()
+
+
+def cutmix_box(height: int, width: int, lam: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """SRe2L/RDED rand_bbox on an output of height x width; returns (y1, y2, x1, x2) and the area lambda."""
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy = int(torch.randint(0, height, (), generator=gen))
+    cx = int(torch.randint(0, width, (), generator=gen))
+    y1, y2 = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
+    x1, x2 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
+    lam_area = 1.0 - (y2 - y1) * (x2 - x1) / (height * width)
+    return torch.tensor([y1, y2, x1, x2], dtype=torch.int32), lam_area
+
+
+# ---------------------------------------------------------------------------------------------------
+# The torch ops (the specification)
+# ---------------------------------------------------------------------------------------------------
+def strip_index(perm: torch.Tensor, size: int) -> torch.Tensor:
+    """Source index of every output column (or row) after a strip permutation: int64 (B, f * (size // f))."""
+    b, f = perm.shape
+    t = size // f
+    within = torch.arange(t, device=perm.device)
+    return (perm[:, :, None] * t + within).reshape(b, f * t)
+
+
+def patch_shuffle(x: torch.Tensor, row_perm: torch.Tensor, col_perm: torch.Tensor) -> torch.Tensor:
+    """RDED ShufflePatches on a batch (B, C, H, W): columns then rows, the remainder dropped."""
+    b, c, h, w = x.shape
+    cols = strip_index(col_perm, w)  # (B, W')
+    rows = strip_index(row_perm, h)  # (B, H')
+    x = torch.gather(x, 3, cols[:, None, None, :].expand(b, c, h, cols.shape[1]))
+    return torch.gather(x, 2, rows[:, None, :, None].expand(b, c, rows.shape[1], cols.shape[1]))
+
+
+def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
+                     antialias: bool) -> torch.Tensor:
+    """Per-sample 1-D interpolation matrices (B, out_size, in_size) for cropping [start, start+length)
+    of an axis of ``in_size`` pixels and resizing it to ``out_size``; pixels outside the axis read as 0.
+
+    The weights are torch's (aten/src/ATen/native/UpSample.h): bilinear with align_corners=False, or
+    with ``antialias`` the separable triangle filter of ``_upsample_bilinear2d_aa`` (support scaled by
+    the downscale factor, weights renormalized), computed relative to the crop.
+    """
+    start = start.to(torch.int64)
+    length = length.to(torch.int64)
+    b, dev = start.shape[0], start.device
+    scale = length.to(torch.float32) / out_size  # (B,)
+    o = torch.arange(out_size, device=dev, dtype=torch.float32)
+    if antialias:
+        support = torch.where(scale >= 1.0, scale, torch.ones_like(scale))  # interp_size / 2 == 1
+        invscale = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
+        center = scale[:, None] * (o + 0.5)  # (B, out)
+        # C's int() truncates toward zero; the arguments are >= -0.5 so trunc == "ceil for negatives".
+        xmin = torch.clamp(torch.trunc(center - support[:, None] + 0.5), min=0).long()
+        xmax = torch.minimum(torch.trunc(center + support[:, None] + 0.5).long(), length[:, None])
+        taps = int(math.ceil(float(support.max()))) * 2 + 1
+        j = torch.arange(taps, device=dev)
+        pos = xmin[:, :, None] + j  # (B, out, taps) index within the crop
+        dist = (pos.to(torch.float32) - center[:, :, None] + 0.5) * invscale[:, None, None]
+        wts = torch.clamp(1.0 - dist.abs(), min=0.0) * (pos < xmax[:, :, None])
+        wts = wts / wts.sum(-1, keepdim=True)
+    else:
+        src = torch.clamp((o + 0.5) * scale[:, None] - 0.5, min=0.0)
+        i0 = torch.minimum(src.floor().long(), length[:, None] - 1)
+        frac = torch.clamp(src - i0, 0.0, 1.0)
+        i1 = i0 + (i0 < length[:, None] - 1).long()
+        pos = torch.stack([i0, i1], -1)
+        wts = torch.stack([1.0 - frac, frac], -1)
+    src_index = pos + start[:, None, None]  # position in the image axis
+    inside = (src_index >= 0) & (src_index < in_size)
+    wts = wts * inside
+    mat = torch.zeros(b, out_size, in_size + 1, device=dev, dtype=torch.float32)
+    # Out-of-image taps go to a spare column that is cut off (they multiply zero padding).
+    mat.scatter_add_(2, torch.where(inside, src_index, in_size), wts)
+    return mat[:, :, :in_size]
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """Crop each sample's box and resize it to size x size (float32 out): Wy @ x @ Wx^T per sample."""
+    _, _, h, w = x.shape
+    boxes = boxes.to(x.device)
+    wy = resample_weights(boxes[:, 0], boxes[:, 2], h, size, antialias)  # (B, S, H)
+    wx = resample_weights(boxes[:, 1], boxes[:, 3], w, size, antialias)  # (B, S, W)
+    x = x.to(torch.float32)
+    return torch.matmul(torch.matmul(wy[:, None], x), wx[:, None].transpose(-1, -2))
+
+
+def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """ToTensor + Normalize on 0..255 values: (x / 255 - mean) / std."""
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x / 255.0 - m) / s
+
+
+def mix(x: torch.Tensor, params: AugParams) -> torch.Tensor:
+    """CutMix: paste the partner's box (one box per batch). Mixup: lam * x + (1 - lam) * partner."""
+    partner = params.partner.to(x.device)
+    if params.mix == "cutmix":
+        y1, y2, x1, x2 = (int(v) for v in params.mix_box)
+        out = x.clone()
+        out[:, :, y1:y2, x1:x2] = x[partner, :, y1:y2, x1:x2]
+        return out
+    if params.mix == "mixup":
+        lam = params.lam.to(x.device)
+        return lam * x + (1.0 - lam) * x[partner]
+    return x
+
+
+def augment(images: torch.Tensor, params: AugParams, spec: AugSpec, dtype: torch.dtype = torch.float32,
+            channels_last: bool = False) -> torch.Tensor:
+    """The whole pipeline on a uint8 batch (B, C, H, W) already gathered from the resident set."""
+    x = images
+    if params.row_perm is not None:
+        x = patch_shuffle(x, params.row_perm.to(x.device), params.col_perm.to(x.device))
+    x = resized_crop(x, params.boxes, spec.size, spec.antialias)
+    x = hflip(x, params.flip)
+    x = normalize(x, spec.mean, spec.std)
+    x = mix(x, params).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def eval_transform(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Validation batches are cached as uint8 centre crops: only normalization is left."""
+    return normalize(images.to(torch.float32), mean, std).to(dtype)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square resize of a uint8 batch (antialiased bilinear), for sets decoded at another size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)

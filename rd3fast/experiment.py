@@ -1,0 +1,79 @@
+"""Everything a run needs, loaded and checked before the first step: data, teachers, finalized config.
+
+All bad input surfaces here, as RD3Error, before anything is trained or written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import data
+from .config import IMAGENET_MEAN, IMAGENET_STD, Config
+from .data import ImageSet
+from .errors import RD3Error
+from .teacher import Relabeler, load_teachers
+
+
+@dataclass
+class Experiment:
+    cfg: Config  # finalized: no "unset" values left
+    train: ImageSet  # the distilled set (or the real training set for pre-training), 3 channels
+    val: ImageSet  # real validation set as uint8 centre crops, 3 channels
+    relabeler: Relabeler | None
+    device: torch.device
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RD3Error("--device cuda: no CUDA device is visible")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _three(v: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(v) * 3 if len(v) == 1 else tuple(v)
+
+
+def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
+    """Load and check; ``train_set`` replaces ``cfg.distilled`` (teacher pre-training on real data)."""
+    if cfg.dataset is None and cfg.val is None:
+        raise RD3Error("no validation set: pass --dataset NAME (digits, fashion-mnist) or --val FOLDER")
+    if cfg.dataset is not None and cfg.val is not None:
+        raise RD3Error("--dataset and --val both given: pick one validation set")
+    info = None
+    if cfg.dataset is not None:
+        if cfg.dataset not in data.BUILTIN:
+            raise RD3Error(f"--dataset: unknown built-in set {cfg.dataset!r}; expected one of "
+                           f"{', '.join(data.BUILTIN)} (or --val FOLDER)")
+        info = data.BUILTIN[cfg.dataset]
+    mean = _three(cfg.mean or (info.mean if info else IMAGENET_MEAN))
+    std = _three(cfg.std or (info.std if info else IMAGENET_STD))
+
+    if train_set is None:
+        if cfg.distilled is None:
+            raise RD3Error("--distilled: which distilled set to evaluate? (an ImageFolder, .pt, .npz)")
+        train_set = data.load_distilled(cfg.distilled, class_map=cfg.class_map, load_size=cfg.load_size,
+                                        mean=mean, std=std)
+    size = cfg.image_size or (info.image_size if info else train_set.image_size[0])
+    ratio = cfg.val_resize_ratio or (info.val_resize_ratio if info else 0.875)
+    val_source = cfg.dataset if cfg.dataset is not None else cfg.val
+    val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio, class_map=cfg.class_map)
+
+    k = train_set.num_classes
+    if cfg.num_classes and cfg.num_classes != k:
+        data.check_num_classes(f"training set {train_set.source}", k, cfg.num_classes, "(--num-classes)")
+    data.check_num_classes(f"validation set {val.source}", val.num_classes, k,
+                           f"to match the {k} classes of {train_set.source}")
+    cfg = cfg.replace(image_size=size, val_resize_ratio=ratio, mean=mean, std=std, num_classes=k)
+    device = pick_device(cfg.device)
+    relabeler = None
+    if cfg.loss != "ce" or cfg.teacher_weights:
+        relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
+                                  logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
+        data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)
+    train_set = ImageSet(data.expand_channels(train_set.images, 3), train_set.labels, train_set.classes,
+                         train_set.source)
+    val = ImageSet(data.expand_channels(val.images, 3), val.labels, val.classes, val.source)
+    return Experiment(cfg=cfg, train=train_set, val=val, relabeler=relabeler, device=device)

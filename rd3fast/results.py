@@ -1,0 +1,112 @@
+"""What a run leaves behind: one results JSON, a printed table, and a PNG of the curves.
+
+The JSON holds the resolved config, every evaluation of every seed, per-epoch loss and wall time,
+mean +- std over seeds, library versions, the device and the git sha, written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+SCHEMA_VERSION = 1
+
+
+def environment(device: torch.device | None = None) -> dict[str, Any]:
+    import torchvision
+
+    import rd3fast
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "rd3fast": rd3fast.__version__,
+           "platform": platform.platform(), "git_sha": git_sha()}
+    try:
+        import timm
+
+        env["timm"] = timm.__version__
+    except ImportError:
+        env["timm"] = None
+    if device is not None and device.type == "cuda":
+        env["device"] = torch.cuda.get_device_name(device)
+    else:
+        env["device"] = f"cpu ({os.cpu_count()} cores)"
+    return env
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = list(values)
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in ("last_top1", "best_top1", "last_top5", "best_top5", "images_per_s"):
+        m, s = mean_std([r[key] for r in runs])
+        out[key] = {"mean": m, "std": s}
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic: a reader never sees half a file, an interrupted run leaves the previous one intact."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
+    """rows: {'name', 'preset', 'student', 'seeds', 'summary' (from aggregate)} -> a Markdown table."""
+    head = "| set | protocol | student | seeds | top-1 last | top-1 best | top-5 last | img/s |"
+    lines = ([f"### {title}", ""] if title else []) + [head, "|" + "---|" * 8]
+    for r in rows:
+        s = r["summary"]
+        fmt = lambda k: f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}"  # noqa: E731
+        lines.append(f"| {r['name']} | {r['preset']} | {r['student']} | {r['seeds']} | {fmt('last_top1')} | "
+                     f"{fmt('best_top1')} | {fmt('last_top5')} | {s['images_per_s']['mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Top-1 vs epoch and loss vs epoch, one line per (set, protocol, seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for res in results:
+        for run in res["runs"]:
+            label = f"{res['name']} / {res['config']['preset']} / seed {run['seed']}"
+            ev = run["evals"]
+            ax_acc.plot([e["epoch"] for e in ev], [e["top1"] for e in ev], marker="o", ms=3, label=label)
+            ep = run["epochs"]
+            ax_loss.plot([e["epoch"] for e in ep], [e["loss"] for e in ep], label=label)
+    ax_acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss", yscale="log")
+    ax_acc.legend(fontsize=6)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
