@@ -41,7 +41,7 @@ class Config:
     distilled: str | None = None  # distilled set: ImageFolder, .pt/.npz tensors, or images_best.pt folder
     dataset: str | None = None  # built-in real set for validation: digits | fashion-mnist
     val: str | None = None  # real validation ImageFolder (class folders, ImageNet style)
-    class_map: str | None = None  # text file, one class folder name per line, in class-index order
+    class_map: str | None = None  # distilled folder: text file, one class folder name per line, in index order
     num_classes: int = 0  # 0: from the data
     image_size: int = 0  # train/eval resolution; 0: the dataset's (distilled images' size for folders)
     load_size: int = 0  # resize distilled images to this square size once at decode; 0: keep native

@@ -59,7 +59,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     size = cfg.image_size or (info.image_size if info else train_set.image_size[0])
     ratio = cfg.val_resize_ratio or (info.val_resize_ratio if info else 0.875)
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
-    val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio, class_map=cfg.class_map)
+    val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio)
 
     k = train_set.num_classes
     if cfg.num_classes and cfg.num_classes != k:

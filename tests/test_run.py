@@ -1,0 +1,149 @@
+"""End to end on scikit-learn's digits: pre-train, distill, evaluate from the CLIs; every bad input."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rd3fast import distill, pretrain, run
+from rd3fast.config import resolve
+from rd3fast.experiment import prepare
+from rd3fast.models import build_model, save_weights
+from rd3fast.train import train
+
+ARCH = "convnet-d2-w16"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A teacher trained on digits and a random-real IPC 5 folder, made through the CLIs."""
+    root = tmp_path_factory.mktemp("digits")
+    teacher = root / "teacher.pt"
+    rc = pretrain.main(["--dataset", "digits", "--arch", ARCH, "--epochs", "6", "--batch-size", "64",
+                        "--out", str(teacher), "--no-progress"])
+    assert rc == 0 and teacher.is_file()
+    syn = root / "random_ipc5"
+    assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "5", "--out", str(syn)]) == 0
+    return root, teacher, syn
+
+
+def eval_args(teacher, syn, out, *extra, teacher_arch=ARCH):
+    return ["--preset", "rd3-small", "--dataset", "digits", "--distilled", str(syn), "--teacher", teacher_arch,
+            "--teacher-weights", str(teacher), "--student", ARCH, "--epochs", "3", "--seeds", "0",
+            "--out", str(out), "--no-progress", *extra]
+
+
+def test_pretrained_teacher_learns(work):
+    _, teacher, _ = work
+    meta = torch.load(teacher, weights_only=True)
+    assert meta["arch"] == ARCH and meta["num_classes"] == 10 and meta["image_size"] == 16
+    assert meta["val_top1"] > 85.0  # chance is 10 %
+
+
+def test_distilled_folders(work, tmp_path):
+    root, teacher, syn = work
+    classes = sorted(p.name for p in syn.iterdir())
+    assert classes == [f"{c:05d}" for c in range(10)]
+    assert all(len(list((syn / c).glob("*.png"))) == 5 for c in classes)
+    out = tmp_path / "rded"
+    assert distill.main(["--method", "rded", "--dataset", "digits", "--ipc", "2", "--factor", "2", "--candidates",
+                         "20", "--num-crop", "2", "--teacher", ARCH, "--teacher-weights", str(teacher),
+                         "--out", str(out)]) == 0
+    assert sum(1 for _ in out.rglob("*.png")) == 20
+    assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "5", "--out", str(out)]) == 2
+
+
+def test_evaluation_learns_and_writes_results(work, tmp_path, capsys):
+    _, teacher, syn = work
+    out = tmp_path / "res"
+    assert run.main(eval_args(teacher, syn, out, "--epochs", "40", "--batch-size", "10", "--seeds", "0,1")) == 0
+    printed = capsys.readouterr().out
+    assert "| random_ipc5 | rd3-small |" in printed and "batch_size" in printed  # table + resolved config
+    rec = json.loads((out / "results.json").read_text())
+    # schema
+    assert {"schema", "name", "config", "environment", "runs", "summary", "train_images", "val_images"} <= set(rec)
+    assert rec["config"]["image_size"] == 16 and rec["config"]["num_classes"] == 10
+    assert len(rec["config"]["mean"]) == 3 and rec["config"]["preset"] == "rd3-small"
+    assert {"python", "torch", "device", "git_sha", "rd3fast"} <= set(rec["environment"])
+    assert [r["seed"] for r in rec["runs"]] == [0, 1]
+    for r in rec["runs"]:
+        assert len(r["epochs"]) == 40 and all(e["loss"] > 0 and e["time_s"] > 0 for e in r["epochs"])
+        assert [e["epoch"] for e in r["evals"]] == [10, 20, 30, 40]
+        assert r["best_top1"] >= r["last_top1"] and 0 <= r["last_top5"] <= 100
+    s = rec["summary"]["last_top1"]
+    assert s["mean"] > 35.0, "a student distilled from a trained teacher must beat chance (10 %) by far"
+    assert s["std"] >= 0 and (out / "curves.png").stat().st_size > 1000
+
+
+def test_same_seed_same_run(work):
+    _, teacher, syn = work
+    cfg = resolve("rd3-small", overrides=dict(dataset="digits", distilled=str(syn), teacher=(ARCH,),
+                                              teacher_weights=(str(teacher),), student=ARCH, epochs=2))
+    exp = prepare(cfg)
+    a, _ = train(exp, 0, progress=False)
+    b, _ = train(exp, 0, progress=False)
+    c, _ = train(exp, 1, progress=False)
+    assert [e["loss"] for e in a.epochs] == [e["loss"] for e in b.epochs]
+    assert [e["loss"] for e in a.epochs] != [e["loss"] for e in c.epochs]
+
+
+def test_hybrid_teachers_mse_gt_ema_and_rded_forward(work, tmp_path):
+    _, teacher, syn = work
+    other = tmp_path / "bn_teacher.pt"
+    save_weights(other, build_model("resnet18-cifar", 10, 16), "resnet18-cifar", num_classes=10)
+    cfg = resolve("edc", overrides=dict(dataset="digits", distilled=str(syn), teacher=(ARCH, "resnet18-cifar"),
+                                        teacher_weights=(str(teacher), str(other)), student="resnet18-cifar",
+                                        epochs=1, batch_size=25, rded_extra_forward=True))
+    exp = prepare(cfg)
+    result, model = train(exp, 0, progress=False)
+    assert len(result.evals) == 1 and result.epochs[0]["loss"] > 0
+    # RDED's extra no-grad forward is a second BatchNorm update per step
+    assert int(model.bn1.num_batches_tracked) == 2 * 2
+    exp.cfg = exp.cfg.replace(rded_extra_forward=False)
+    _, model = train(exp, 0, progress=False)
+    assert int(model.bn1.num_batches_tracked) == 2
+
+
+BAD = {
+    "corrupt image": (lambda d, t: (d / "00003" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really"),
+                      [], "broken.png"),
+    "empty class": (lambda d, t: [p.unlink() for p in (d / "00004").iterdir()], [], "00004"),
+    "class count": (lambda d, t: shutil.rmtree(d / "00009"), [], "10 classes but 9"),
+    "mixed sizes": (lambda d, t: __import__("PIL.Image").Image.new("L", (9, 9)).save(d / "00001" / "z.png"),
+                    [], "--load-size"),
+    "teacher classes": (lambda d, t: save_weights(t, build_model(ARCH, 5, 16), ARCH, num_classes=5),
+                        [], "5 outputs but the data has 10 classes"),
+    "weights mismatch": (lambda d, t: None, [], "does not fit architecture 'convnet-d3-w16'"),
+    "no weights": (lambda d, t: None, ["--teacher-weights", ""], "--teacher-weights"),
+    "missing set": (lambda d, t: shutil.rmtree(d), [], "does not exist"),
+    "bad value": (lambda d, t: None, ["--cutmix-beta", "-1"], "--cutmix-beta"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_and_writes_nothing(work, tmp_path, capsys, case):
+    _, teacher, syn = work
+    d, t = tmp_path / "syn", tmp_path / "teacher.pt"
+    shutil.copytree(syn, d)
+    shutil.copy(teacher, t)
+    mutate, extra, message = BAD[case]
+    mutate(d, t)
+    out = tmp_path / "out"
+    args = eval_args(t, d, out, *extra, teacher_arch="convnet-d3-w16" if case == "weights mismatch" else ARCH)
+    if case == "no weights":
+        i = args.index("--teacher-weights")
+        args[i:i + 2] = []
+    assert run.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rd3fast: error:") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cli_subprocess_unknown_flag_and_list_presets():
+    proc = subprocess.run([sys.executable, "-m", "rd3fast.run", "--epochz", "3"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--epochz" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "rd3fast.run", "--list-presets"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "| rd3 |" in proc.stdout and "| edc |" in proc.stdout
