@@ -22,6 +22,7 @@ Upstream semantics mirrored here:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ class AugParams:
     partner: torch.Tensor  # int64 (B,): mixing partner of each sample (a permutation)
     mix_box: torch.Tensor  # int32 (4,): y1, y2, x1, x2 of the CutMix box (empty when not CutMix)
     lam: torch.Tensor  # float32 (): weight of the sample's own label (1.0 when not mixed)
-    mix: str  # "cutmix" | "mixup" | "none" for this batch
+    mix: str  # the spec's mode; a batch skipped by mix_prob keeps it, with an empty box / lam 1
 
     def to(self, device: torch.device | str) -> "AugParams":
         mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
@@ -109,9 +110,10 @@ def sample_params(spec: AugSpec, batch: int, height: int, width: int, gen: torch
     flip = torch.rand(batch, generator=gen) < spec.flip_p
     partner = torch.randperm(batch, generator=gen)
     mix_box = torch.zeros(4, dtype=torch.int32)
-    lam, mix = 1.0, "none"
-    do_mix = spec.mix != "none" and float(torch.rand((), generator=gen)) < spec.mix_prob
-    if do_mix:
+    lam = 1.0
+    # The mode stays the spec's for every batch (a static graph); a batch that mix_prob skips gets
+    # identity parameters (empty box, lam 1), which both mixing ops turn into an exact no-op.
+    if spec.mix != "none" and float(torch.rand((), generator=gen)) < spec.mix_prob:
         # numpy's Beta sampler, seeded from the torch generator so that one seed drives everything.
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen)))
         if spec.mix == "cutmix":
@@ -119,9 +121,8 @@ def sample_params(spec: AugSpec, batch: int, height: int, width: int, gen: torch
             mix_box, lam = cutmix_box(spec.size, spec.size, lam_draw, gen)
         else:
             lam = float(rng.beta(spec.mixup_alpha, spec.mixup_alpha))
-        mix = spec.mix
     return AugParams(boxes=boxes, flip=flip, row_perm=row_perm, col_perm=col_perm, partner=partner,
-                     mix_box=mix_box, lam=torch.tensor(lam, dtype=torch.float32), mix=mix)
+                     mix_box=mix_box, lam=torch.tensor(lam, dtype=torch.float32), mix=spec.mix)
 
 
 def sample_rrc_boxes(batch: int, height: int, width: int, scale: tuple[float, float],
@@ -200,6 +201,7 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, ou
                      antialias: bool) -> torch.Tensor:
     """Per-sample 1-D interpolation matrices (B, out_size, in_size) for cropping [start, start+length)
     of an axis of ``in_size`` pixels and resizing it to ``out_size``; pixels outside the axis read as 0.
+    ``length`` is at most max(in_size, out_size).
 
     The weights are torch's (aten/src/ATen/native/UpSample.h): bilinear with align_corners=False, or
     with ``antialias`` the separable triangle filter of ``_upsample_bilinear2d_aa`` (support scaled by
@@ -217,7 +219,10 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, ou
         # C's int() truncates toward zero; the arguments are >= -0.5 so trunc == "ceil for negatives".
         xmin = torch.clamp(torch.trunc(center - support[:, None] + 0.5), min=0).long()
         xmax = torch.minimum(torch.trunc(center + support[:, None] + 0.5).long(), length[:, None])
-        taps = int(math.ceil(float(support.max()))) * 2 + 1
+        # A static tap count from the largest scale a box can have (boxes are at most max(axis, out)
+        # long: RRC boxes lie inside the axis, pad+crop boxes are out_size long): no host sync, so the
+        # op can be captured in a CUDA graph. Surplus taps get weight 0.
+        taps = int(math.ceil(max(in_size, out_size) / out_size)) * 2 + 1
         j = torch.arange(taps, device=dev)
         pos = xmin[:, :, None] + j  # (B, out, taps) index within the crop
         dist = (pos.to(torch.float32) - center[:, :, None] + 0.5) * invscale[:, None, None]
@@ -253,21 +258,31 @@ def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
+@functools.lru_cache(maxsize=64)
+def channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) float32 on ``device``, made once: no host-to-device copy per batch (graph safe)."""
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+
+
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """ToTensor + Normalize on 0..255 values: (x / 255 - mean) / std."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    m = channel_constant(tuple(mean), x.device)
+    s = channel_constant(tuple(std), x.device)
     return (x / 255.0 - m) / s
 
 
 def mix(x: torch.Tensor, params: AugParams) -> torch.Tensor:
-    """CutMix: paste the partner's box (one box per batch). Mixup: lam * x + (1 - lam) * partner."""
+    """CutMix: pixels in the box come from the partner (one box per batch). Mixup: lam*x + (1-lam)*partner.
+
+    Written with tensor masks rather than slicing so that it needs no host sync (CUDA-graph safe).
+    """
     partner = params.partner.to(x.device)
     if params.mix == "cutmix":
-        y1, y2, x1, x2 = (int(v) for v in params.mix_box)
-        out = x.clone()
-        out[:, :, y1:y2, x1:x2] = x[partner, :, y1:y2, x1:x2]
-        return out
+        box = params.mix_box.to(x.device)
+        rows = torch.arange(x.shape[-2], device=x.device)
+        cols = torch.arange(x.shape[-1], device=x.device)
+        inside = ((rows >= box[0]) & (rows < box[1]))[:, None] & ((cols >= box[2]) & (cols < box[3]))[None, :]
+        return torch.where(inside, x[partner], x)
     if params.mix == "mixup":
         lam = params.lam.to(x.device)
         return lam * x + (1.0 - lam) * x[partner]

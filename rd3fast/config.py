@@ -29,6 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ce_target": ("label", "mixed"),
     "device": ("auto", "cpu", "cuda"),
     "aug_backend": ("auto", "torch", "triton"),
+    "cuda_graph": ("auto", "on", "off"),
+    "cache_mode": ("off", "record", "replay"),
 }
 
 
@@ -97,6 +99,12 @@ class Config:
     device: str = "auto"
     aug_backend: str = "auto"  # auto: Triton kernels on CUDA, the torch spec elsewhere
     amp: bool = True  # bf16 autocast for the student on CUDA (ignored on CPU)
+    cuda_graph: str = "auto"  # capture the whole step as one CUDA graph: auto (CUDA + capturable) | on | off
+    parallel_seeds: int = 1  # train up to this many seeds at once (students batched with torch.func.vmap)
+    compile_teacher: bool = False  # torch.compile the teachers (CUDA)
+    cache: str | None = None  # soft-label cache folder (augmentation draws + top-k teacher logits)
+    cache_mode: str = "off"  # record: write the cache while training | replay: train from it, no teacher
+    cache_topk: int = 5  # logits kept per image (fp16) + the mean of the rest; 0 = all logits
     # --- upstream quirks, each defaults to upstream behaviour in that method's preset ----------------
     rded_extra_forward: bool = False  # RDED validation/main.py: extra no-grad train-mode student forward
     edc_noop_shuffle: bool = False  # EDC: the patch-shuffle list is built but the unshuffled one is used
@@ -122,11 +130,12 @@ def validate(cfg: Config) -> None:
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise RD3Error(f"{flag(name)}: expected one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
-    positive = ("epochs", "batch_size", "patch_shuffle", "eval_every", "eval_batch_size", "step_size")
+    positive = ("epochs", "batch_size", "patch_shuffle", "eval_every", "eval_batch_size", "step_size",
+                "parallel_seeds")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise RD3Error(f"{flag(name)}: expected an integer >= 1, got {getattr(cfg, name)}")
-    for name in ("num_classes", "image_size", "load_size", "warmup_epochs", "crop_padding"):
+    for name in ("num_classes", "image_size", "load_size", "warmup_epochs", "crop_padding", "cache_topk"):
         if getattr(cfg, name) < 0:
             raise RD3Error(f"{flag(name)}: expected an integer >= 0, got {getattr(cfg, name)}")
     for name in ("flip_p", "mix_prob", "eval_after", "ema_decay"):
@@ -156,6 +165,8 @@ def validate(cfg: Config) -> None:
             f"--teacher-weights: got {len(cfg.teacher_weights)} file(s) for {len(cfg.teacher)} teacher(s) "
             f"({', '.join(cfg.teacher)}); give one --teacher-weights per --teacher"
         )
+    if cfg.cache_mode != "off" and not cfg.cache:
+        raise RD3Error(f"--cache-mode {cfg.cache_mode}: needs --cache FOLDER")
     if cfg.sched == "multistep" and not cfg.milestones:
         raise RD3Error("--milestones: sched=multistep needs milestones, e.g. --milestones 100,200")
 

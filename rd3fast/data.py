@@ -431,12 +431,15 @@ def load_distilled(path: str | Path, *, class_map: str | Path | None = None, loa
 
 
 def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: float = 0.0,
-              class_map: str | Path | None = None, workers: int | None = None) -> ImageSet:
+              class_map: str | Path | None = None, workers: int | None = None, cache: bool | str = False,
+              decoder: str = "pil") -> ImageSet:
     """A real set: built-in name (split "train" | "val", "test" = "val") or a validation ImageFolder.
 
     Built-ins are resized to image_size (0: the set's default) with torch bilinear+antialias. A folder
     (split is ignored: the folder is the split) gets Resize(round(image_size / resize_ratio)) +
-    CenterCrop(image_size) per image, resize_ratio 0 meaning 0.875.
+    CenterCrop(image_size) per image, resize_ratio 0 meaning 0.875. ``cache`` (True/"auto": the default
+    cache dir, a path: that dir, False/"off": none) decodes a folder once with ``decoder`` (pil | dali |
+    ffcv) into a uint8 .npy that later calls memory-map (``valcache``; 3-channel images).
     """
     if image_size < 0:
         raise RD3Error(f"--image-size: expected an integer >= 0, got {image_size}")
@@ -454,6 +457,11 @@ def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: flo
         if image_size <= 0:
             raise RD3Error(f"--image-size: the validation folder {p} needs an image size > 0 (the eval crop)")
         ratio = resize_ratio or DEFAULT_VAL_RESIZE_RATIO
+        if cache not in (False, None, "", "off"):
+            from .valcache import cached_real
+
+            return cached_real(p, image_size=image_size, resize_ratio=ratio, decoder=decoder, class_map=class_map,
+                               workers=workers, cache_dir=None if cache in (True, "auto", "on") else str(cache))
         return _read_folder(p, class_map, _Fit(short=round(image_size / ratio), crop=image_size), workers)
     if p.exists():
         raise RD3Error(f"real set {p} is a file; expected a built-in ({', '.join(BUILTIN)}) or an "

@@ -59,7 +59,9 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     size = cfg.image_size or (info.image_size if info else train_set.image_size[0])
     ratio = cfg.val_resize_ratio or (info.val_resize_ratio if info else 0.875)
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
-    val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio)
+    # Real folders are decoded once into the uint8 validation cache (valcache); built-ins are not cached.
+    val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio,
+                         cache=getattr(cfg, "val_cache", "auto"), decoder=getattr(cfg, "loader", "auto"))
 
     k = train_set.num_classes
     if cfg.num_classes and cfg.num_classes != k:
@@ -69,7 +71,9 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     cfg = cfg.replace(image_size=size, val_resize_ratio=ratio, mean=mean, std=std, num_classes=k)
     device = pick_device(cfg.device)
     relabeler = None
-    if cfg.loss != "ce" or cfg.teacher_weights:
+    if cfg.cache_mode == "replay":
+        pass  # soft labels come from the cache; its fingerprint check stands in for the teacher's
+    elif cfg.loss != "ce" or cfg.teacher_weights:
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
                                   logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
         data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)

@@ -69,19 +69,31 @@ class ResidentLoader:
         # Distinct, reproducible streams per (seed, epoch); the constant keeps seeds 0,1,2 far apart.
         return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
-    def __iter__(self) -> Iterator[Batch]:
-        gen = self.generator(self.epoch)
-        self.epoch += 1  # without set_epoch, the next pass still gets fresh randomness
+    def draws(self, epoch: int | None = None) -> Iterator[tuple[torch.Tensor, AugParams]]:
+        """(indices, params) of each batch of an epoch, on the device: everything random, nothing applied.
+
+        Kept apart from ``transform`` so that a CUDA graph can replay the transform on static buffers
+        and a soft-label cache can record and replay the draws.
+        """
+        gen = self.generator(self.epoch if epoch is None else epoch)
         n = len(self.images)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
         _, _, h, w = self.images.shape
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
-            params = aug.sample_params(self.spec, len(idx), h, w, gen).to(self.device)
-            x = self.transform(idx, params)
-            y = self.labels[idx]
-            yield Batch(x=x, y=y, y_partner=y[params.partner], lam=params.lam, params=params)
+            params = aug.sample_params(self.spec, len(idx), h, w, gen)
+            yield idx.to(self.device, non_blocking=True), params.to(self.device)
+
+    def batch(self, idx: torch.Tensor, params: AugParams) -> Batch:
+        y = self.labels[idx]
+        return Batch(x=self.transform(idx, params), y=y, y_partner=y[params.partner], lam=params.lam,
+                     params=params)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1  # without set_epoch, the next pass still gets fresh randomness
+        for idx, params in self.draws(epoch):
+            yield self.batch(idx, params)
 
     def transform(self, idx: torch.Tensor, params: AugParams) -> torch.Tensor:
         if self.backend == "triton":

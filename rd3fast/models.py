@@ -1,9 +1,10 @@
 """Students and teachers by name, and weights files.
 
 Names resolve in this order:
-- ``convnet[-dN][-wW]``: the ConvNet of the distillation literature (DC/DM/MTT): N blocks of
-  conv3x3(W) -> instance norm (GroupNorm with one group per channel, affine) -> ReLU -> avgpool 2,
-  then a linear classifier. ``convnet-d3`` for 32 px, ``convnet-d4`` for 64 px; width 128 by default.
+- ``convnet[-dN][-wW][-bn]``: the ConvNet of the distillation literature (DC/DM/MTT): N blocks of
+  conv3x3(W) -> instance norm (GroupNorm with one group per channel, affine; BatchNorm with ``-bn``)
+  -> ReLU -> avgpool 2, then a linear classifier. ``convnet-d3`` for 32 px, ``convnet-d4`` for 64 px;
+  width 128 by default.
 - ``<torchvision resnet>-cifar`` (alias ``<name>_modified``, RDED's name): the CIFAR/Tiny-ImageNet stem,
   a 3x3 stride-1 conv1 and no max-pool.
 - any torchvision classification model name, then any timm model name (random init; pretrained
@@ -22,17 +23,18 @@ import torch.nn as nn
 
 from .errors import RD3Error
 
-_CONVNET = re.compile(r"^convnet(?:-d(\d+))?(?:-w(\d+))?$")
+_CONVNET = re.compile(r"^convnet(?:-d(\d+))?(?:-w(\d+))?(-bn)?$")
 
 
 class ConvNet(nn.Module):
-    def __init__(self, num_classes: int, image_size: int, depth: int = 3, width: int = 128, in_chans: int = 3):
+    def __init__(self, num_classes: int, image_size: int, depth: int = 3, width: int = 128, in_chans: int = 3,
+                 batchnorm: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         c, s = in_chans, image_size
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width, affine=True),
-                       nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            norm = nn.BatchNorm2d(width) if batchnorm else nn.GroupNorm(width, width, affine=True)
+            layers += [nn.Conv2d(c, width, 3, padding=1), norm, nn.ReLU(inplace=True), nn.AvgPool2d(2)]
             c, s = width, s // 2
         if s < 1:
             raise RD3Error(f"convnet-d{depth}: {image_size} px is too small for {depth} pooling stages")
@@ -57,7 +59,7 @@ def build_model(name: str, num_classes: int, image_size: int = 224, in_chans: in
     m = _CONVNET.match(name)
     if m:
         return ConvNet(num_classes, image_size, depth=int(m.group(1) or 3), width=int(m.group(2) or 128),
-                       in_chans=in_chans)
+                       in_chans=in_chans, batchnorm=bool(m.group(3)))
     tv_names = set(torchvision.models.list_models(module=torchvision.models))
     for suffix in ("-cifar", "_modified"):
         if name.endswith(suffix) and name[: -len(suffix)] in tv_names and name.startswith("resnet"):

@@ -25,7 +25,7 @@ def evaluate_distilled(cfg: Config, out: str | Path | None, name: str = "", prog
                        verbose: bool = True) -> dict[str, Any]:
     """Train cfg.seeds students on cfg.distilled, write <out>/results.json + curves.png, return the record."""
     from .experiment import prepare
-    from .train import train
+    from .train import train_seeds
 
     exp = prepare(cfg)  # every bad input is reported here, before anything is written
     cfg = exp.cfg
@@ -36,11 +36,14 @@ def evaluate_distilled(cfg: Config, out: str | Path | None, name: str = "", prog
                               "environment": environment(exp.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "train_images": len(exp.train.images), "val_images": len(exp.val.images),
                               "runs": []}
-    for seed in cfg.seeds:
-        result, _ = train(exp, seed, progress=progress, desc=f"{name} {cfg.preset} seed {seed}")
-        record["runs"].append(result.summary())
+    seeds = list(cfg.seeds)
+    for at in range(0, len(seeds), cfg.parallel_seeds):  # parallel_seeds students trained at once
+        group = seeds[at:at + cfg.parallel_seeds]
+        for result, _ in train_seeds(exp, group, progress=progress,
+                                     desc=f"{name} {cfg.preset} seed {','.join(map(str, group))}"):
+            record["runs"].append(result.summary())
         record["summary"] = aggregate(record["runs"])
-        if out is not None:  # after every seed: an interrupted run keeps the finished seeds
+        if out is not None:  # after every group: an interrupted run keeps the finished seeds
             write_json(Path(out) / "results.json", record)
     if out is not None:
         plot_curves([record], Path(out) / "curves.png")

@@ -1,58 +1,77 @@
-"""The one training loop: augment -> relabel -> loss -> step -> schedule -> evaluate.
+"""The one training loop: draw -> augment -> relabel -> loss -> step -> schedule -> evaluate.
 
 Protocol differences between upstream recipes are Config flags read here, never separate loops. The same
-loop pre-trains teachers (loss "ce", no teacher) and evaluates distilled sets.
+loop pre-trains teachers (loss "ce", no teacher), evaluates distilled sets, trains K seeds at once
+(``parallel_seeds``), records or replays a soft-label cache, and runs each step eagerly or as one
+captured CUDA graph (``cuda_graph``).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .aug import AugSpec, eval_transform
+from .aug import AugParams, AugSpec, eval_transform
+from .cache import SoftLabelCache
 from .config import Config, lr_factor
 from .experiment import Experiment
+from .graph import GraphedStep, graph_unavailable_reason
 from .loader import ResidentLoader
 from .losses import total_loss
 from .models import build_model
+from .students import Students
+
+log = logging.getLogger("rd3fast")
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params: Any = model.parameters()
+def build_optimizer(cfg: Config, students: Students, capturable: bool = False) -> torch.optim.Optimizer:
+    named = students.named_model_parameters()
+    params: Any = [p for _, p, _ in named]
     if cfg.no_decay_bn_bias:
-        # SRe2L/RDED get_parameters(): only weight matrices/kernels (ndim > 1) are decayed.
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "weight" in n]
-        rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "weight" in n)]
-        params = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        # SRe2L/RDED/EDC get_parameters(): only weights with ndim > 1 (in one model) are decayed.
+        decayed = [p for n, p, nd in named if nd > 1 and "weight" in n]
+        rest = [p for n, p, nd in named if not (nd > 1 and "weight" in n)]
+        params = [{"params": decayed, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    # A graphed step reads the learning rate from a device tensor that the schedule fills in place.
+    lr: Any = torch.tensor(cfg.lr, device=named[0][1].device) if capturable else cfg.lr
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return cls(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, capturable=capturable)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # in place: the captured graph keeps reading the same tensor
+        else:
+            group["lr"] = lr
 
 
 class ParamEMA:
     """EDC's EMA: an average of the parameters only; evaluation swaps it in beside the live buffers."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, students: Students, decay: float) -> None:
         self.decay = decay
-        self.params = [p.detach().clone() for p in model.parameters()]
+        self.params = [p.detach().clone() for p in students.parameters()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+    def update(self, students: Students) -> None:
+        torch._foreach_lerp_(self.params, [p.detach() for p in students.parameters()], 1.0 - self.decay)
 
     @torch.no_grad()
-    def swapped(self, model: nn.Module) -> nn.Module:
-        ema_model = copy.deepcopy(model)
-        for p, e in zip(ema_model.parameters(), self.params):
+    def swapped(self, students: Students) -> Students:
+        ema = copy.deepcopy(students)
+        for p, e in zip(ema.parameters(), self.params):
             p.copy_(e)
-        return ema_model
+        return ema
 
 
 @torch.inference_mode()
@@ -85,6 +104,7 @@ class RunResult:
     evals: list[dict[str, float]] = field(default_factory=list)  # epoch, top1, top5
     train_time_s: float = 0.0
     images_per_s: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. why the step was not graphed
 
     def summary(self) -> dict[str, Any]:
         last = self.evals[-1] if self.evals else {"top1": math.nan, "top5": math.nan}
@@ -92,7 +112,7 @@ class RunResult:
         return {"seed": self.seed, "last_top1": last["top1"], "last_top5": last["top5"],
                 "best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best.get("epoch"),
                 "train_time_s": self.train_time_s, "images_per_s": self.images_per_s,
-                "epochs": self.epochs, "evals": self.evals}
+                "epochs": self.epochs, "evals": self.evals, "notes": self.notes}
 
 
 def should_eval(cfg: Config, epoch: int) -> bool:
@@ -103,57 +123,132 @@ def should_eval(cfg: Config, epoch: int) -> bool:
 
 def train(exp: Experiment, seed: int, progress: bool = True, desc: str = "") -> tuple[RunResult, nn.Module]:
     """Train one student from scratch on exp.train; returns its metrics and the trained model."""
-    cfg, dev = exp.cfg, exp.device
-    torch.manual_seed(seed)  # student initialization
-    spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
-    loader = ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=seed, device=dev,
-                            drop_last=cfg.drop_last, backend=cfg.aug_backend,
-                            channels_last=dev.type == "cuda")
-    student = build_model(cfg.student, cfg.num_classes, cfg.image_size).to(dev)
-    if dev.type == "cuda":
-        student = student.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, student)
-    ema = ParamEMA(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda")
+    [(result, model)] = train_seeds(exp, [seed], progress=progress, desc=desc)
+    return result, model
 
-    result = RunResult(seed=seed)
-    bar = tqdm(range(cfg.epochs), desc=desc or f"seed {seed}", disable=not progress, leave=False)
+
+def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
+                desc: str = "") -> list[tuple[RunResult, nn.Module]]:
+    """Train one student per seed, all at once (one module, one teacher pass per step)."""
+    cfg, dev, k = exp.cfg, exp.device, len(seeds)
+    spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
+    loaders = [ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=s, device=dev,
+                              drop_last=cfg.drop_last, backend=cfg.aug_backend,
+                              channels_last=dev.type == "cuda" and k == 1) for s in seeds]
+    models = []
+    for s in seeds:
+        torch.manual_seed(s)  # the student's initialization depends on its seed only
+        m = build_model(cfg.student, cfg.num_classes, cfg.image_size).to(dev)
+        models.append(m.to(memory_format=torch.channels_last) if dev.type == "cuda" and k == 1 else m)
+    students = Students(models)
+    no_graph = graph_unavailable_reason(cfg, dev)
+    graphed = no_graph is None
+    optimizer = build_optimizer(cfg, students, capturable=graphed)
+    ema = ParamEMA(students, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    relabeler = exp.relabeler if cfg.loss != "ce" else None
+    if relabeler is not None and cfg.compile_teacher and dev.type == "cuda":
+        relabeler = torch.compile(relabeler)
+    cache = _open_cache(cfg, exp) if cfg.cache_mode != "off" else None
+    val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
+    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda",
+                    cache_enabled=not graphed)  # the autocast weight cache must not outlive a capture
+
+    def step(idx: list[torch.Tensor], params: list[AugParams], cached: list[torch.Tensor]) -> torch.Tensor:
+        """One optimizer step of all K students; returns their losses (K,). Capturable as a graph."""
+        batches = [ld.batch(i, p) for ld, i, p in zip(loaders, idx, params)]
+        x = torch.stack([b.x for b in batches]) if k > 1 else batches[0].x[None]
+        if cached:  # replay: the teacher's logits come from the cache
+            soft = torch.stack(cached)
+        elif relabeler is not None:
+            soft = relabeler(x.flatten(0, 1)).view(k, x.shape[1], -1)  # one teacher pass for all K
+            if cache is not None:
+                cache.add(idx[0], params[0], soft[0])
+        else:
+            soft = None
+        if cfg.rded_extra_forward:
+            with torch.no_grad(), torch.autocast(**autocast):
+                students(x)  # RDED: a second BatchNorm statistics update on the same batch
+        with torch.autocast(**autocast):
+            logits = students(x)
+        losses = torch.stack([
+            total_loss(cfg.loss, logits[j], None if soft is None else soft[j], b.y, b.y_partner, b.lam,
+                       cfg.temperature, cfg.kl_t2, cfg.ce_weight, cfg.ce_target) for j, b in enumerate(batches)])
+        losses.sum().backward()  # slices are independent: d(sum)/d(slice j) = d(loss j)
+        optimizer.step()
+        if ema is not None:
+            ema.update(students)
+        return losses.detach()
+
+    run_step: Callable = GraphedStep(step, optimizer) if graphed else _eager(step, optimizer)
+    results = [RunResult(seed=s, notes=[f"eager step: {no_graph}"] if no_graph else ["whole step as one CUDA graph"])
+               for s in seeds]
+    bar = tqdm(range(cfg.epochs), desc=desc or f"seeds {','.join(map(str, seeds))}", disable=not progress,
+               leave=False)
     start = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
         lr = cfg.lr * lr_factor(cfg, epoch)  # stepped per epoch, as upstream's LambdaLR
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loader.set_epoch(epoch)
-        student.train()
-        loss_sum = torch.zeros((), device=dev)
-        for batch in loader:
-            soft = exp.relabeler(batch.x) if exp.relabeler is not None and cfg.loss != "ce" else None
-            if cfg.rded_extra_forward:
-                with torch.no_grad(), torch.autocast(**autocast):
-                    student(batch.x)  # RDED: a second BatchNorm statistics update on the same batch
-            with torch.autocast(**autocast):
-                logits = student(batch.x)
-            loss = total_loss(cfg.loss, logits, soft, batch.y, batch.y_partner, batch.lam, cfg.temperature,
-                              cfg.kl_t2, cfg.ce_weight, cfg.ce_target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(student)
-            loss_sum += loss.detach()
-        epoch_loss = float(loss_sum) / len(loader)  # one host sync per epoch
-        result.epochs.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "time_s": time.perf_counter() - t0})
+        set_lr(optimizer, lr)
+        students.train()
+        loss_sum = torch.zeros(k, device=dev)
+        for draws in _epoch_draws(cfg, loaders, cache, epoch, dev):
+            loss_sum += run_step(*draws)
+        if cache is not None and cfg.cache_mode == "record":
+            cache.end_epoch(epoch)
+        epoch_loss = (loss_sum / len(loaders[0])).tolist()  # one host sync per epoch
+        elapsed = time.perf_counter() - t0
+        for r, lval in zip(results, epoch_loss):
+            r.epochs.append({"epoch": epoch + 1, "loss": lval, "lr": lr, "time_s": elapsed})
         if should_eval(cfg, epoch):
-            model = ema.swapped(student) if ema is not None and cfg.eval_ema else student
-            metrics = evaluate(model, val_images, val_labels, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp)
-            result.evals.append({"epoch": epoch + 1, **metrics})
-            bar.set_postfix(loss=f"{epoch_loss:.3f}", top1=f"{metrics['top1']:.1f}")
+            evaluated = ema.swapped(students) if ema is not None and cfg.eval_ema else students
+            for j, r in enumerate(results):
+                metrics = evaluate(evaluated.model(j), val_images, val_labels, cfg.mean, cfg.std,
+                                   cfg.eval_batch_size, cfg.amp)
+                r.evals.append({"epoch": epoch + 1, **metrics})
+            bar.set_postfix(loss=f"{epoch_loss[0]:.3f}", top1=f"{results[0].evals[-1]['top1']:.1f}")
         else:
-            bar.set_postfix(loss=f"{epoch_loss:.3f}")
-    result.train_time_s = time.perf_counter() - start
-    per_epoch = len(loader) * cfg.batch_size if cfg.drop_last else len(exp.train.images)
-    result.images_per_s = cfg.epochs * per_epoch / max(result.train_time_s, 1e-9)
-    final = ema.swapped(student) if ema is not None and cfg.eval_ema else student
-    return result, final
+            bar.set_postfix(loss=f"{epoch_loss[0]:.3f}")
+    train_time = time.perf_counter() - start
+    per_epoch = len(loaders[0]) * cfg.batch_size if cfg.drop_last else len(exp.train.images)
+    final = ema.swapped(students) if ema is not None and cfg.eval_ema else students
+    out = []
+    for j, r in enumerate(results):
+        r.train_time_s = train_time
+        r.images_per_s = cfg.epochs * per_epoch / max(train_time, 1e-9)  # per seed; K seeds ran at once
+        out.append((r, final.model(j) if k == 1 else copy.deepcopy(final.model(j))))
+    if cache is not None and cfg.cache_mode == "record":
+        size, fkd = cache.size_bytes(), cache.fkd_bytes()
+        for r in results:
+            r.notes.append(f"soft-label cache {cache.path}: {size / 2**20:.2f} MiB, FKD-style storage would be "
+                           f"{fkd / 2**20:.2f} MiB (1/{fkd / max(size, 1):.0f})")
+    return out
+
+
+def _eager(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
+    def run(idx: list, params: list, cached: list) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        return step(idx, params, cached)
+    return run
+
+
+def _epoch_draws(cfg: Config, loaders: list[ResidentLoader], cache: SoftLabelCache | None, epoch: int,
+                 device: torch.device):
+    """Per step: ([idx per seed], [params per seed], [cached soft labels per seed] or [])."""
+    if cache is not None and cfg.cache_mode == "replay":
+        # Every seed replays the recorded stream: the same batches and labels, new students.
+        for idx, params, soft in cache.epoch(epoch, device):
+            yield [idx] * len(loaders), [params] * len(loaders), [soft] * len(loaders)
+        return
+    for ld in loaders:
+        ld.set_epoch(epoch)
+    for draws in zip(*(ld.draws() for ld in loaders)):
+        yield [d[0] for d in draws], [d[1] for d in draws], []
+
+
+def _open_cache(cfg: Config, exp: Experiment) -> SoftLabelCache:
+    fingerprint = (f"{exp.train.source}|n={len(exp.train.images)}|size={cfg.image_size}|bs={cfg.batch_size}|"
+                   f"shuffle={cfg.patch_shuffle}|crop={cfg.crop}{tuple(cfg.rrc_scale)}|mix={cfg.mix}|"
+                   f"teacher={'+'.join(cfg.teacher)}")
+    return SoftLabelCache(cfg.cache, cfg.cache_mode, topk=cfg.cache_topk, num_images=len(exp.train.images),
+                          batch_size=cfg.batch_size, num_classes=cfg.num_classes,
+                          shuffle_factor=1 if cfg.edc_noop_shuffle else cfg.patch_shuffle, fingerprint=fingerprint)

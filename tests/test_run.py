@@ -93,18 +93,18 @@ def test_same_seed_same_run(work):
 def test_hybrid_teachers_mse_gt_ema_and_rded_forward(work, tmp_path):
     _, teacher, syn = work
     other = tmp_path / "bn_teacher.pt"
-    save_weights(other, build_model("resnet18-cifar", 10, 16), "resnet18-cifar", num_classes=10)
-    cfg = resolve("edc", overrides=dict(dataset="digits", distilled=str(syn), teacher=(ARCH, "resnet18-cifar"),
-                                        teacher_weights=(str(teacher), str(other)), student="resnet18-cifar",
+    save_weights(other, build_model("convnet-d2-w8-bn", 10, 16), "convnet-d2-w8-bn", num_classes=10)
+    cfg = resolve("edc", overrides=dict(dataset="digits", distilled=str(syn), teacher=(ARCH, "convnet-d2-w8-bn"),
+                                        teacher_weights=(str(teacher), str(other)), student="convnet-d2-w8-bn",
                                         epochs=1, batch_size=25, rded_extra_forward=True))
     exp = prepare(cfg)
     result, model = train(exp, 0, progress=False)
     assert len(result.evals) == 1 and result.epochs[0]["loss"] > 0
     # RDED's extra no-grad forward is a second BatchNorm update per step
-    assert int(model.bn1.num_batches_tracked) == 2 * 2
+    assert int(model.features[1].num_batches_tracked) == 2 * 2
     exp.cfg = exp.cfg.replace(rded_extra_forward=False)
     _, model = train(exp, 0, progress=False)
-    assert int(model.bn1.num_batches_tracked) == 2
+    assert int(model.features[1].num_batches_tracked) == 2
 
 
 BAD = {

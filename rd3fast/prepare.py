@@ -1,0 +1,121 @@
+"""``python -m rd3fast.prepare``: write FFCV .beton files, fill the validation cache, export JPEG folders.
+
+    python -m rd3fast.prepare beton --source /data/imagenet/train --out in1k_train.beton --write-mode jpg \\
+        --max-resolution 256
+    python -m rd3fast.prepare beton --source fashion-mnist --split train --out fmnist_train.beton
+    python -m rd3fast.prepare cache --source /data/imagenet/val --image-size 224 [--loader dali]
+    python -m rd3fast.prepare folder --source fashion-mnist --split val --out fmnist_val_jpg [--limit 100]
+
+``cache`` decodes a validation ImageFolder once into the uint8 centre-crop cache that evaluation reads
+(``$RD3FAST_CACHE`` or ~/.cache/rd3fast, or ``--cache-dir``) and prints the entry. ``folder`` writes a
+built-in set as an ImageFolder of JPEG (or PNG) files, e.g. to feed DALI or to test the readers on real
+images. Bad input prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import RD3Error
+
+
+def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str = "jpg", quality: int = 90,
+                       limit: int = 0, image_size: int = 0) -> Path:
+    """A built-in set (or the first ``limit`` images per class of it) as an ImageFolder: one folder per class
+    (``00``, ``01``, ...; sorted order = class index), files ``{i:05d}.jpg``. Gray stays gray."""
+    from PIL import Image
+
+    from .data import load_real
+
+    if fmt not in ("jpg", "png"):
+        raise RD3Error(f"--format: expected jpg or png, got {fmt!r}")
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise RD3Error(f"--out {root} exists and is not empty; choose a new folder")
+    real = load_real(source, split, image_size=image_size)
+    width = max(2, len(str(real.num_classes - 1)))
+    counts = np.zeros(real.num_classes, np.int64)
+    for img, y in zip(real.images, real.labels.tolist()):
+        if limit and counts[y] >= limit:
+            continue
+        d = root / f"{y:0{width}d}"
+        d.mkdir(parents=True, exist_ok=True)
+        arr = img.permute(1, 2, 0).numpy()
+        im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        name = d / f"{counts[y]:05d}.{fmt}"
+        if fmt == "jpg":
+            im.save(name, quality=quality)
+        else:
+            im.save(name)
+        counts[y] += 1
+    (root / "classes.txt").write_text("\n".join(f"{i:0{width}d}\t{c}" for i, c in enumerate(real.classes)) + "\n")
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rd3fast.prepare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("beton", help="write an FFCV .beton (+ .beton.json)")
+    b.add_argument("--source", required=True, help="ImageFolder or built-in name (fashion-mnist, digits)")
+    b.add_argument("--split", default="train", help="built-in split (train | val)")
+    b.add_argument("--out", required=True, help=".beton file to write")
+    b.add_argument("--write-mode", default="raw", choices=["raw", "jpg"])
+    b.add_argument("--jpeg-quality", type=int, default=90)
+    b.add_argument("--max-resolution", type=int, default=None, help="cap on the longer side (folders)")
+    b.add_argument("--image-size", type=int, default=0, help="built-ins: resize to this size (0: native)")
+    b.add_argument("--class-map", default=None)
+    b.add_argument("--workers", type=int, default=None)
+    c = sub.add_parser("cache", help="decode a validation ImageFolder once into the uint8 cache")
+    c.add_argument("--source", required=True, help="validation ImageFolder")
+    c.add_argument("--image-size", type=int, required=True, help="centre-crop size (224 for ImageNet)")
+    c.add_argument("--val-resize-ratio", type=float, default=0.875, help="crop / resized shorter side")
+    c.add_argument("--loader", default="pil", choices=["auto", "pil", "dali", "ffcv"], help="decoder")
+    c.add_argument("--class-map", default=None)
+    c.add_argument("--cache-dir", default=None, help="[$RD3FAST_CACHE or ~/.cache/rd3fast]")
+    c.add_argument("--workers", type=int, default=None)
+    c.add_argument("--device", default=None, help="where DALI decodes [cuda if there is one]")
+    f = sub.add_parser("folder", help="write a built-in set as an ImageFolder of JPEG/PNG files")
+    f.add_argument("--source", required=True, help="built-in name (fashion-mnist, digits)")
+    f.add_argument("--split", default="val")
+    f.add_argument("--out", required=True)
+    f.add_argument("--format", default="jpg", choices=["jpg", "png"])
+    f.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    f.add_argument("--limit", type=int, default=0, help="at most this many images per class (0: all)")
+    f.add_argument("--image-size", type=int, default=0, help="resize to this size (0: native)")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        if args.cmd == "beton":
+            from .backends.ffcv import write_beton
+
+            out = write_beton(args.source, args.out, split=args.split, write_mode=args.write_mode,
+                              jpeg_quality=args.jpeg_quality, max_resolution=args.max_resolution,
+                              class_map=args.class_map, workers=args.workers, image_size=args.image_size)
+            print(f"wrote {out} (+ {out.name}.json) in {time.perf_counter() - t0:.1f}s")
+        elif args.cmd == "cache":
+            from .valcache import build, load
+
+            npy = build(args.source, image_size=args.image_size, resize_ratio=args.val_resize_ratio,
+                        decoder=args.loader, class_map=args.class_map, workers=args.workers, device=args.device,
+                        cache_dir=args.cache_dir)
+            s = load(npy)
+            print(f"validation cache {npy}: {len(s.labels)} images {tuple(s.images.shape[1:])} uint8, "
+                  f"{s.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
+        else:
+            out = export_folder(args.source, args.out, split=args.split, fmt=args.format,
+                                     quality=args.quality, limit=args.limit, image_size=args.image_size)
+            print(f"wrote ImageFolder {out} in {time.perf_counter() - t0:.1f}s")
+        return 0
+    except RD3Error as e:
+        print(f"rd3fast: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The engine: K seeds at once, the soft-label cache, the CUDA-graph step (fallback on CPU; gpu tests)."""
+import pytest
+import torch
+
+from rd3fast.cache import PermCodec, SoftLabelCache
+from rd3fast.config import resolve
+from rd3fast.data import ImageSet
+from rd3fast.errors import RD3Error
+from rd3fast.experiment import Experiment
+from rd3fast.graph import graph_unavailable_reason
+from rd3fast.models import build_model
+from rd3fast.students import Students
+from rd3fast.teacher import Relabeler
+from rd3fast.train import train_seeds
+
+
+def toy_experiment(device="cpu", classes=5, n_per=8, size=12, **overrides):
+    """A random uint8 set with a random-init teacher: enough to test the engine's bookkeeping."""
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (classes * n_per, 3, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.arange(classes).repeat_interleave(n_per)
+    data = ImageSet(imgs, labels, [str(c) for c in range(classes)], "toy")
+    torch.manual_seed(123)
+    teacher = Relabeler([build_model("convnet-d2-w8-bn", classes, size)]).to(device)
+    settings = dict(dataset="digits", student="convnet-d2-w8-bn", epochs=2, batch_size=10, image_size=size,
+                    num_classes=classes, mean=(0.5,) * 3, std=(0.25,) * 3, eval_every=1, patch_shuffle=2)
+    cfg = resolve("rd3", overrides={**settings, **overrides})
+    return Experiment(cfg=cfg, train=data, val=data, relabeler=teacher, device=torch.device(device))
+
+
+def params_of(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_k_students_at_once_equal_one_by_one():
+    exp = toy_experiment()
+    one_by_one = [train_seeds(exp, [s], progress=False)[0] for s in (0, 1, 2)]
+    together = train_seeds(exp, [0, 1, 2], progress=False)
+    for (ra, ma), (rb, mb) in zip(one_by_one, together):
+        assert ra.seed == rb.seed
+        for ea, eb in zip(ra.epochs, rb.epochs):
+            assert abs(ea["loss"] - eb["loss"]) < 1e-4 * max(1.0, abs(ea["loss"]))
+        assert torch.allclose(params_of(ma), params_of(mb), atol=1e-4)
+        # BatchNorm running statistics followed each seed's own batches
+        assert torch.allclose(ma.features[1].running_mean, mb.features[1].running_mean, atol=1e-4)
+    # and the seeds really differ from each other
+    assert not torch.allclose(params_of(together[0][1]), params_of(together[1][1]))
+
+
+def test_students_wrapper_shapes_and_decay_ndims():
+    models = [build_model("convnet-d1-w4-bn", 3, 8) for _ in range(2)]
+    st = Students(models)
+    x = torch.randn(2, 5, 3, 8, 8)
+    assert st(x).shape == (2, 5, 3)
+    nd = {n: d for n, _, d in st.named_model_parameters()}
+    assert nd["features.0.weight"] == 4 and nd["features.0.bias"] == 1 and nd["features.1.weight"] == 1
+    single = Students([models[0]])
+    assert single.model(0) is models[0] and single(x[:1]).shape == (1, 5, 3)
+
+
+def test_perm_codec_roundtrip():
+    for f in (2, 3, 4):
+        codec = PermCodec(f)
+        perms = torch.argsort(torch.rand(50, f), dim=1)
+        ranks = codec.encode(perms)
+        assert ranks.dtype.itemsize == 1 and torch.equal(codec.decode(ranks), perms)
+
+
+def test_cache_record_then_replay_reproduces_batches(tmp_path):
+    exp = toy_experiment(cache=str(tmp_path / "c"), cache_mode="record", cache_topk=2)
+    [(recorded, _)] = train_seeds(exp, [0], progress=False)
+    assert any("soft-label cache" in n for n in recorded.notes)
+    cache = SoftLabelCache(tmp_path / "c", "replay")
+    assert cache.meta["epochs"] == [0, 1]
+    # The recorded draws rebuild exactly the batches a fresh loader with the same seed makes.
+    from rd3fast.aug import AugSpec
+    from rd3fast.loader import ResidentLoader
+
+    cfg = exp.cfg
+    spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
+    loader = ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=0)
+    for epoch in (0, 1):
+        live = list(loader.draws(epoch))
+        replayed = list(cache.epoch(epoch, torch.device("cpu")))
+        assert len(live) == len(replayed)
+        with torch.no_grad():
+            for (idx, p), (ridx, rp, soft) in zip(live, replayed):
+                assert torch.equal(idx, ridx)
+                assert torch.equal(loader.batch(idx, p).x, loader.batch(ridx, rp).x)  # bitwise
+                teacher = exp.relabeler(loader.batch(idx, p).x)
+                top = teacher.topk(2, 1)
+                assert torch.allclose(soft.gather(1, top.indices), top.values, atol=2e-2)  # fp16
+    # Replay trains a new student without a teacher.
+    replay_cfg = exp.cfg.replace(cache_mode="replay")
+    no_teacher = Experiment(cfg=replay_cfg, train=exp.train, val=exp.val, relabeler=None, device=exp.device)
+    [(replayed_run, _)] = train_seeds(no_teacher, [5], progress=False)
+    assert len(replayed_run.evals) == 2 and all(e["loss"] > 0 for e in replayed_run.epochs)
+
+
+def test_cache_size_is_a_fiftieth_of_fkd(tmp_path):
+    """1000 classes (ImageNet-like), PatchShuffle 2, batch 50: bytes per image per epoch vs FKD's ~2 kB."""
+    exp = toy_experiment(classes=1000, n_per=1, size=8, batch_size=50, epochs=1,
+                         cache=str(tmp_path / "c"), cache_mode="record", cache_topk=5)
+    exp.relabeler = Relabeler([build_model("convnet-d1-w4", 1000, 8)])
+    train_seeds(exp, [0], progress=False)
+    cache = SoftLabelCache(tmp_path / "c", "replay")
+    per_image = cache.size_bytes() / 1000
+    assert cache.fkd_bytes() / cache.size_bytes() >= 50, per_image
+
+
+def test_cache_errors(tmp_path):
+    with pytest.raises(RD3Error, match="meta.json missing"):
+        SoftLabelCache(tmp_path / "none", "replay")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(RD3Error, match="not empty"):
+        SoftLabelCache(tmp_path / "full", "record")
+    with pytest.raises(RD3Error, match="--cache FOLDER"):
+        resolve(overrides=dict(cache_mode="replay"))
+
+
+def test_graph_fallback_reasons():
+    cfg = resolve("rd3")
+    assert "CUDA device" in graph_unavailable_reason(cfg, torch.device("cpu"))
+    assert graph_unavailable_reason(cfg.replace(cuda_graph="off"), torch.device("cuda")) == "--cuda-graph off"
+    assert "SGD" in graph_unavailable_reason(cfg.replace(optimizer="sgd"), torch.device("cuda"))
+    assert graph_unavailable_reason(cfg, torch.device("cuda")) is None
+    [(r, _)] = train_seeds(toy_experiment(), [0], progress=False)
+    assert r.notes == ["eager step: CUDA graphs need a CUDA device"]
+
+
+@pytest.mark.gpu
+def test_graph_and_eager_agree_on_cuda():
+    """Many steps of the whole-step graph vs eager: the same losses within bf16 noise."""
+    runs = {}
+    for mode in ("off", "on"):
+        exp = toy_experiment("cuda", classes=10, n_per=20, size=32, epochs=6, batch_size=20, cuda_graph=mode)
+        [(r, _)] = train_seeds(exp, [0], progress=False)
+        runs[mode] = [e["loss"] for e in r.epochs]
+        assert r.notes[0].startswith("whole step" if mode == "on" else "eager")
+    for a, b in zip(runs["off"], runs["on"]):
+        assert abs(a - b) <= 0.05 * abs(a) + 1e-4
+
+
+@pytest.mark.gpu
+def test_k_at_once_on_cuda_graphed():
+    exp = toy_experiment("cuda", classes=10, n_per=10, size=32, epochs=3, batch_size=20)
+    one = [train_seeds(exp, [s], progress=False)[0][0] for s in (0, 1)]
+    both = [r for r, _ in train_seeds(exp, [0, 1], progress=False)]
+    for a, b in zip(one, both):
+        assert abs(a.epochs[-1]["loss"] - b.epochs[-1]["loss"]) <= 0.05 * abs(a.epochs[-1]["loss"]) + 1e-4
