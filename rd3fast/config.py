@@ -72,7 +72,7 @@ class Config:
     gamma: float = 0.1  # step/multistep decay factor
     ema_decay: float = 0.0  # 0: no EMA of the student weights
     eval_ema: bool = False  # evaluate the EMA weights instead of the raw ones
-    # --- augmentation (order: patch shuffle -> crop -> flip -> mix -> normalize) ---------------------
+    # --- augmentation (order: patch shuffle -> crop -> flip -> normalize -> mix) ---------------------
     patch_shuffle: int = 1  # RDED ShufflePatches factor; 1: off
     crop: str = "rrc"  # rrc (RandomResizedCrop) | random_crop (CIFAR: pad + crop) | none
     rrc_scale: tuple[float, ...] = (0.08, 1.0)
