@@ -131,6 +131,8 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
                 desc: str = "") -> list[tuple[RunResult, nn.Module]]:
     """Train one student per seed, all at once (one module, one teacher pass per step)."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step, as the reference scripts set it
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
     loaders = [ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=s, device=dev,
                               drop_last=cfg.drop_last, backend=cfg.aug_backend,

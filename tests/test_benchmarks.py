@@ -1,0 +1,148 @@
+"""CPU smoke tests of the benchmark scripts: each ``--quick`` run in a subprocess, within a time budget,
+writing JSON of the shared schema (benchmarks/common.py); plus the reference transform's semantics."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+# The scripts aim at < 60 s on two CPU cores; the timeout leaves headroom for a loaded machine.
+BUDGET_S = 90
+ROW_KEYS = {"variant", "size", "batch", "arch", "img_per_s", "windows_s", "images_per_window", "status", "note"}
+
+
+def run_quick(script: str, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=BUDGET_S)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, elapsed
+
+
+def check_report(data: dict, benchmark: str) -> None:
+    assert data["schema"] == 1 and data["benchmark"] == benchmark and data["quick"] is True
+    m = data["machine"]
+    assert m["device"] == "cpu" and m["torch"] == torch.__version__ and m["cpu_cores"] >= 1 and m["cpu"]
+    assert isinstance(data["settings"], dict) and data["results"]
+    for row in data["results"]:
+        assert ROW_KEYS <= set(row), row
+        assert row["status"] in ("ok", "skipped", "error", "api-missing"), row
+        if row["status"] == "ok":
+            assert row["img_per_s"] > 0 and row["windows_s"] and all(w > 0 for w in row["windows_s"]), row
+            assert row["images_per_window"] > 0
+
+
+def test_reference_loop_quick_drop_in(tmp_path: Path) -> None:
+    out = tmp_path / "ref.json"
+    proc, _ = run_quick("reference_loop.py", out, "--rd3fast-loader")
+    data = json.loads(out.read_text())
+    check_report(data, "reference_loop")
+    [row] = data["results"]
+    assert row["variant"] == "reference_rd3fast_loader" and row["status"] == "ok"
+    assert len(row["windows_s"]) == data["settings"]["epochs"]
+    assert "CPU" in proc.stdout.splitlines()[0] and "img/s" in proc.stdout
+
+
+def test_bench_step_quick(tmp_path: Path) -> None:
+    proc, _ = run_quick("bench_step.py", tmp_path)
+    data = json.loads((tmp_path / "bench_step.json").read_text())
+    check_report(data, "bench_step")
+    rows = {r["variant"]: r for r in data["results"]}
+    # What runs on a CPU: the eager ceiling, the reference loop (PIL workers), the drop-in swap, rd3fast's
+    # torch path and the K-seed pair; graphs and Triton kernels are skipped with a reason.
+    for name in ("ceiling_eager", "reference_fp32", "reference_amp", "reference_rd3fast_loader", "rd3fast_torch",
+                 "rd3fast_seq3"):
+        assert rows[name]["status"] == "ok", rows[name]
+    for name in ("ceiling_graph", "rd3fast_kernels", "rd3fast_graph"):
+        assert rows[name]["status"] == "skipped", rows[name]
+    assert rows["rd3fast_k3"]["status"] in ("ok", "api-missing")
+    assert rows["rd3fast_torch"]["x_ceiling"] > 0 and rows["rd3fast_torch"]["ceiling_used"] == "ceiling_eager"
+    assert {t["target"].split(",")[0] for t in data["targets"]} == {
+        "full step vs ceiling", "full step vs reference", "3 seeds at once vs 3 sequential"}
+    assert all(t["meaningful"] is False for t in data["targets"])
+    assert (tmp_path / "bench_step.png").stat().st_size > 1000
+    assert "Targets" in proc.stdout
+
+
+def _reference_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import reference_loop
+    finally:
+        sys.path.remove(str(BENCH))
+    return reference_loop
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_reference_shuffle_patches_is_rded_semantics(factor: int) -> None:
+    """The reference's torchvision-style ShufflePatches draws one of the outputs rd3fast.aug.patch_shuffle
+    defines (column strips then row strips, remainder dropped) for some pair of strip orders."""
+    from rd3fast.aug import patch_shuffle
+
+    ref = _reference_module()
+    img = torch.arange(3 * 7 * 8, dtype=torch.float32).view(3, 7, 8)
+    perms = [torch.tensor(p) for p in product(range(factor), repeat=factor) if len(set(p)) == factor]
+    allowed = [patch_shuffle(img[None], r[None], c[None])[0] for r in perms for c in perms]
+    random.seed(0)
+    for _ in range(5):
+        out = ref.ShufflePatches(factor)(img)
+        assert out.shape == (3, 7 // factor * factor, 8 // factor * factor)
+        assert any(torch.equal(out, a) for a in allowed)
+
+
+def test_reference_cutmix_pastes_one_box_in_place() -> None:
+    ref = _reference_module()
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 2, 10, 10).clone()
+    ptr = x.data_ptr()
+    import numpy as np
+
+    np.random.seed(3)
+    torch.manual_seed(3)
+    y = ref.cutmix(x)
+    assert y.data_ptr() == ptr  # in place, as upstream: the "images" and "mix_images" are one tensor
+    changed = (y != torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1)).any(0).any(0)  # (H, W) mask
+    if changed.any():
+        rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # a single rectangle, the same for every sample
+
+
+def drop_in_block(marker_keep: str) -> str:
+    """The diff block of reference_loop's docstring, as code: context lines plus lines marked ``marker_keep``."""
+    doc = _reference_module().__doc__.splitlines()
+    start = next(i for i, line in enumerate(doc) if line.startswith("    -    loader = DataLoader("))
+    lines = []
+    for line in doc[start:]:
+        if not line.startswith("    "):
+            break
+        mark, code = line[4], line[5:]
+        if mark == " " or mark == marker_keep:
+            lines.append(code[4:])  # the block is a function body (4 spaces)
+    return "\n".join(lines)
+
+
+def test_drop_in_lines_run_as_documented() -> None:
+    """The '+' lines the README shows run as written (device "cuda" swapped for the CPU) and yield
+    finished, relabeled batches."""
+    code = drop_in_block("+").replace('device="cuda"', 'device="cpu"')
+    assert code.count("\n") <= 10 and "ResidentLoader(" in code and "Relabeler([teacher])" in code
+    seen = []
+    teacher = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    env = {"images_uint8": torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8),
+           "labels": torch.arange(6) % 10, "teacher": teacher, "epochs": 1, "torch": torch,
+           "MEAN": (0.485, 0.456, 0.406), "STD": (0.229, 0.224, 0.225)}
+    exec(code.replace("...  #", "seen.append((mix_images, labels, soft))  #"), {**env, "seen": seen})
+    [(x, y, soft)] = seen
+    assert x.shape == (6, 3, 224, 224) and x.dtype == torch.float32 and soft.shape == (6, 10) and y.shape == (6,)
