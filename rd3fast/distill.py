@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .aug import normalize, resized_crop, sample_rrc_boxes
 from .data import ImageSet, load_distilled, load_real
-from .errors import RD3Error
+from .errors import RD3Error, cli
 from .teacher import Relabeler
 
 
@@ -133,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--std", default=None)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
         if (args.dataset is None) == (args.train is None):
             raise RD3Error("pass exactly one of --dataset NAME and --train FOLDER")
         if args.ipc < 1:
@@ -148,11 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             syn = _rded_from_args(args, real, pick_device(args.device))
         write_image_folder(syn, args.out)
         print(f"wrote {len(syn.images)} images ({args.method}, IPC {args.ipc}) to {args.out}")
-        return 0
-    except RD3Error as e:
-        print(f"rd3fast: error: {e}", file=sys.stderr)
-        return 2
 
+    return cli(body)
 
 def _rded_from_args(args: argparse.Namespace, real: ImageSet, device: torch.device) -> ImageSet:
     from .models import read_state_dict

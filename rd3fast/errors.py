@@ -6,6 +6,18 @@ one line and exit with status 2; library users get an ordinary ``ValueError`` su
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class RD3Error(ValueError):
     """Bad input: the message names the offending file/flag and what was expected."""
+
+
+def cli(body: Callable[[], int | None]) -> int:
+    """Run a command-line entry point: RD3Error becomes one line on stderr and exit status 2."""
+    try:
+        return body() or 0
+    except RD3Error as e:
+        print(f"rd3fast: error: {e}", file=sys.stderr)
+        return 2

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from . import config as config_mod
 from .config import PRESETS, Config, add_config_flags, config_from_args, describe
-from .errors import RD3Error
+from .errors import cli
 from .results import aggregate, environment, format_table, plot_curves, write_json
 
 
@@ -88,28 +88,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown flags: argparse prints the flag and exits 2
-    try:
-        if args.list_presets:
-            print(list_presets())
-            return 0
-        protocol_given = any(k in config_mod.FIELD_NAMES and k != "preset" for k in vars(args)) or args.config or args.preset
-        if args.demo or not protocol_given:
-            from .demo import run_demo
+    return cli(lambda: _run(args, argv))
 
-            run_demo(out=Path(args.out or "runs/demo"), progress=not args.no_progress)
-            return 0
-        cfg = config_from_args(args)
-        name = args.name or Path(cfg.distilled or "set").name
-        out = Path(args.out or f"runs/{name}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        record = evaluate_distilled(cfg, out, name=name, progress=not args.no_progress)
-        print()
-        print(format_table([table_row(record)]))
-        print(f"\nresults: {out / 'results.json'}  curves: {out / 'curves.png'}")
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.list_presets:
+        print(list_presets())
         return 0
-    except RD3Error as e:
-        print(f"rd3fast: error: {e}", file=sys.stderr)
-        return 2
+    protocol_given = any(k in config_mod.FIELD_NAMES and k != "preset" for k in vars(args)) or args.config or args.preset
+    if args.demo or not protocol_given:
+        from .demo import run_demo
 
+        run_demo(out=Path(args.out or "runs/demo"), progress=not args.no_progress)
+        return 0
+    cfg = config_from_args(args)
+    name = args.name or Path(cfg.distilled or "set").name
+    out = Path(args.out or f"runs/{name}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    record = evaluate_distilled(cfg, out, name=name, progress=not args.no_progress)
+    print()
+    print(format_table([table_row(record)]))
+    print(f"\nresults: {out / 'results.json'}  curves: {out / 'curves.png'}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
