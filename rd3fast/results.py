@@ -89,23 +89,32 @@ def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
 
 
 def plot_curves(results: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Top-1 vs epoch and loss vs epoch, one line per (set, protocol, seed)."""
+    """Top-1 and training loss vs epoch: one colour per (set, protocol), seeds faint, their mean bold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for res in results:
-        for run in res["runs"]:
-            label = f"{res['name']} / {res['config']['preset']} / seed {run['seed']}"
-            ev = run["evals"]
-            ax_acc.plot([e["epoch"] for e in ev], [e["top1"] for e in ev], marker="o", ms=3, label=label)
-            ep = run["epochs"]
-            ax_loss.plot([e["epoch"] for e in ep], [e["loss"] for e in ep], label=label)
-    ax_acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss", yscale="log")
-    ax_acc.legend(fontsize=6)
+    for i, res in enumerate(results):
+        colour, label = f"C{i % 10}", f"{res['name']} / {res['config']['preset']}"
+        runs = res["runs"]
+        for run in runs:
+            ax_acc.plot([e["epoch"] for e in run["evals"]], [e["top1"] for e in run["evals"]], color=colour,
+                        alpha=0.3, lw=0.8)
+            ax_loss.plot([e["epoch"] for e in run["epochs"]], [e["loss"] for e in run["epochs"]], color=colour,
+                         alpha=0.15, lw=0.6)
+        epochs = [e["epoch"] for e in runs[0]["evals"]]
+        mean = np.mean([[e["top1"] for e in r["evals"]] for r in runs], axis=0)
+        ax_acc.plot(epochs, mean, color=colour, marker="o", ms=3, lw=1.8, label=f"{label} (n={len(runs)})")
+        loss = np.mean([[e["loss"] for e in r["epochs"]] for r in runs], axis=0)
+        window = max(1, len(loss) // 25)  # moving average: per-epoch losses of small sets are noisy
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax_loss.plot(np.arange(len(smooth)) + (window + 1) / 2, smooth, color=colour, lw=1.8, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation accuracy (mean of seeds bold)")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss (smoothed mean)", yscale="log")
+    ax_acc.legend(fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
