@@ -9,14 +9,31 @@ PY=${PYTHON:-python3}
 
 if [ "${1:-}" = "--fresh" ]; then rm -rf .venv; fi
 
-# Debian's Fashion-MNIST (the built-in real set next to scikit-learn's digits).
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+# System packages: Debian's Fashion-MNIST (the built-in real set next to scikit-learn's digits), and what
+# FFCV 1.0.2 compiles against (OpenCV, libjpeg-turbo, pkg-config, a C++ compiler, Python headers).
+APT=()
+[ -d /usr/share/datasets/fashion-mnist ] || APT+=(dataset-fashion-mnist)
+command -v pkg-config >/dev/null || APT+=(pkg-config)
+command -v g++ >/dev/null || APT+=(g++)
+pkg-config --exists opencv4 2>/dev/null || APT+=(libopencv-dev)
+pkg-config --exists libturbojpeg 2>/dev/null || APT+=(libturbojpeg0-dev)
+"$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || APT+=(python3-dev)
+if [ ${#APT[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# test + the readers: DALI (its CPU pipelines run without a GPU) and FFCV's runtime dependencies.
+.venv/bin/python -m pip install -q -e ".[test,dali,ffcv]"
+# FFCV itself: --no-deps, because it declares opencv-python, which would clash with the headless OpenCV
+# of the ffcv extra (and needs libGL); it builds a small C++ extension against the apt packages above.
+if pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then
+  .venv/bin/python -m pip install -q --no-deps "ffcv==1.0.2"
+else
+  echo "setup.sh: OpenCV/libjpeg-turbo development files not found: FFCV not installed (its tests are skipped)" >&2
+fi
 .venv/bin/python -c "import rd3fast, torch; print('rd3fast', rd3fast.__version__, 'torch', torch.__version__)"

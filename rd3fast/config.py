@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "aug_backend": ("auto", "torch", "triton"),
     "cuda_graph": ("auto", "on", "off"),
     "cache_mode": ("off", "record", "replay"),
+    "loader": ("auto", "pil", "dali", "ffcv"),
 }
 
 
@@ -48,6 +49,8 @@ class Config:
     image_size: int = 0  # train/eval resolution; 0: the dataset's (distilled images' size for folders)
     load_size: int = 0  # resize distilled images to this square size once at decode; 0: keep native
     val_resize_ratio: float = 0.0  # val: resize shorter side to image_size/ratio, centre crop; 0: dataset's
+    val_cache: str = "auto"  # val folder centre crops cached as uint8 .npy: auto (~/.cache/rd3fast) | off | DIR
+    loader: str = "auto"  # real-image reader: auto | pil | dali | ffcv (val decode; pretrain --train streaming)
     mean: tuple[float, ...] = ()  # per-channel normalization mean; (): the dataset's
     std: tuple[float, ...] = ()  # per-channel normalization std; (): the dataset's
     # --- models -----------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
     # Real folders are decoded once into the uint8 validation cache (valcache); built-ins are not cached.
     val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio,
-                         cache=getattr(cfg, "val_cache", "auto"), decoder=getattr(cfg, "loader", "auto"))
+                         cache=cfg.val_cache, decoder=cfg.loader)
 
     k = train_set.num_classes
     if cfg.num_classes and cfg.num_classes != k:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import RD3Error
+from .errors import RD3Error, cli
 
 
 def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str = "jpg", quality: int = 90,
@@ -89,32 +89,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--limit", type=int, default=0, help="at most this many images per class (0: all)")
     f.add_argument("--image-size", type=int, default=0, help="resize to this size (0: native)")
     args = p.parse_args(argv)
+    return cli(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    try:
-        if args.cmd == "beton":
-            from .backends.ffcv import write_beton
+    if args.cmd == "beton":
+        from .backends.ffcv import write_beton
 
-            out = write_beton(args.source, args.out, split=args.split, write_mode=args.write_mode,
-                              jpeg_quality=args.jpeg_quality, max_resolution=args.max_resolution,
-                              class_map=args.class_map, workers=args.workers, image_size=args.image_size)
-            print(f"wrote {out} (+ {out.name}.json) in {time.perf_counter() - t0:.1f}s")
-        elif args.cmd == "cache":
-            from .valcache import build, load
+        out = write_beton(args.source, args.out, split=args.split, write_mode=args.write_mode,
+                          jpeg_quality=args.jpeg_quality, max_resolution=args.max_resolution,
+                          class_map=args.class_map, workers=args.workers, image_size=args.image_size)
+        print(f"wrote {out} (+ {out.name}.json) in {time.perf_counter() - t0:.1f}s")
+    elif args.cmd == "cache":
+        from .valcache import build, load
 
-            npy = build(args.source, image_size=args.image_size, resize_ratio=args.val_resize_ratio,
-                        decoder=args.loader, class_map=args.class_map, workers=args.workers, device=args.device,
-                        cache_dir=args.cache_dir)
-            s = load(npy)
-            print(f"validation cache {npy}: {len(s.labels)} images {tuple(s.images.shape[1:])} uint8, "
-                  f"{s.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
-        else:
-            out = export_folder(args.source, args.out, split=args.split, fmt=args.format,
-                                     quality=args.quality, limit=args.limit, image_size=args.image_size)
-            print(f"wrote ImageFolder {out} in {time.perf_counter() - t0:.1f}s")
-        return 0
-    except RD3Error as e:
-        print(f"rd3fast: error: {e}", file=sys.stderr)
-        return 2
+        npy = build(args.source, image_size=args.image_size, resize_ratio=args.val_resize_ratio,
+                    decoder=args.loader, class_map=args.class_map, workers=args.workers, device=args.device,
+                    cache_dir=args.cache_dir)
+        s = load(npy)
+        print(f"validation cache {npy}: {len(s.labels)} images {tuple(s.images.shape[1:])} uint8, "
+              f"{s.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
+    else:
+        out = export_folder(args.source, args.out, split=args.split, fmt=args.format, quality=args.quality,
+                            limit=args.limit, image_size=args.image_size)
+        print(f"wrote ImageFolder {out} in {time.perf_counter() - t0:.1f}s")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .backends import LOADERS
 from .backends.stream import pretrain_streaming, wants_streaming
-from .config import FIELD_NAMES, Config, add_config_flags, config_from_args, describe
+from .config import Config, add_config_flags, config_from_args, describe
 from .data import ImageSet, load_distilled, load_real
-from .errors import RD3Error
+from .errors import RD3Error, cli
 from .models import save_weights
 
 
@@ -56,29 +55,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--preset", default="pretrain", help="recipe to start from")
     p.add_argument("--config", default=None, help="JSON file of config keys")
     p.add_argument("--no-progress", action="store_true")
-    if "loader" not in FIELD_NAMES:  # until Config has the field (then add_config_flags adds the flag)
-        p.add_argument("--loader", default="auto", choices=list(LOADERS),
-                       help="reader for --train (FOLDER or .beton) or, with ffcv, the built-in --dataset: dali/ffcv "
-                            "stream it each epoch; pil decodes it once, resident; auto: DALI on CUDA, else pil")
     add_config_flags(p)
     args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
+        from .experiment import pick_device
+
         if args.arch:
             args.student = args.arch
         cfg = config_from_args(args)
-        from .experiment import pick_device
-
-        loader = getattr(args, "loader", None) or getattr(cfg, "loader", "auto")
-        stream = wants_streaming(loader, args.train, cfg.dataset, pick_device(cfg.device))
+        # --loader dali|ffcv streams --train (FOLDER or .beton; ffcv also a built-in) every epoch; pil
+        # decodes it once and keeps it resident; auto: DALI on CUDA, else pil.
+        stream = wants_streaming(cfg.loader, args.train, cfg.dataset, pick_device(cfg.device))
         if stream:  # DALI/FFCV: decode, crop and flip every epoch instead of holding the set resident
             pretrain_streaming(cfg, args.out, args.train or cfg.dataset, stream, progress=not args.no_progress)
-            return 0
+            return
         train_set = load_distilled(args.train, load_size=cfg.load_size) if args.train else None
         pretrain(cfg, args.out, train_set=train_set, progress=not args.no_progress)
-        return 0
-    except RD3Error as e:
-        print(f"rd3fast: error: {e}", file=sys.stderr)
-        return 2
+
+    return cli(body)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .aug import AugParams, AugSpec, eval_transform
+from .aug import AugParams, AugSpec, eval_normalize
 from .cache import SoftLabelCache
 from .config import Config, lr_factor
 from .experiment import Experiment
@@ -83,7 +83,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     dev = images.device
     correct1 = correct5 = 0
     for i in range(0, len(images), batch_size):
-        x = eval_transform(images[i:i + batch_size], mean, std)
+        x = eval_normalize(images[i:i + batch_size], mean, std)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):

@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -96,7 +97,6 @@ def _uint8_batches(root: Path, listing: Any, image_size: int, resize_ratio: floa
     """(offset, uint8 B x 3 x S x S) in listing order from the chosen decoder."""
     if decoder == "pil":
         from .data import _decode_image, _default_workers, _Fit, _pool_context, _Serial
-        from functools import partial
 
         fit = _Fit(short=round(image_size / resize_ratio), crop=image_size)
         n = len(listing.files)
@@ -123,8 +123,10 @@ def _uint8_batches(root: Path, listing: Any, image_size: int, resize_ratio: floa
                          batch_size=batch_size, device=device, workers=workers, output="uint8",
                          class_map=class_map)
     start = 0
-    for x, _ in reader:
+    for x, y in reader:
         arr = x.cpu().numpy()
+        if y.cpu().tolist() != list(listing.labels[start:start + len(arr)]):
+            raise RD3Error(f"{root}: the {decoder} reader's labels disagree with the folder listing at image {start}")
         yield start, arr
         start += len(arr)
 
@@ -156,8 +158,9 @@ def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: st
         out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8, shape=(n, 3, image_size, image_size))
         done = 0
         with tqdm(total=n, desc=f"decode {root} once ({decoder})", unit="img", disable=not progress) as bar:
-            for start, arr in _uint8_batches(Path(root), listing, image_size, resize_ratio, decoder, workers, device,
-                                                     class_map):
+            batches = _uint8_batches(Path(root), listing, image_size, resize_ratio, decoder, workers, device,
+                                     class_map)
+            for start, arr in batches:
                 out[start:start + len(arr)] = arr
                 done = start + len(arr)
                 bar.update(len(arr))

