@@ -71,9 +71,9 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     cfg = cfg.replace(image_size=size, val_resize_ratio=ratio, mean=mean, std=std, num_classes=k)
     device = pick_device(cfg.device)
     relabeler = None
-    if cfg.cache_mode == "replay":
-        pass  # soft labels come from the cache; its fingerprint check stands in for the teacher's
-    elif cfg.loss != "ce" or cfg.teacher_weights:
+    # When replaying a soft-label cache no teacher runs: the cache's class-count and fingerprint checks
+    # stand in for the teacher's.
+    if cfg.cache_mode != "replay" and (cfg.loss != "ce" or cfg.teacher_weights):
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
                                   logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
         data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)
