@@ -146,3 +146,24 @@ def test_cli_subprocess_unknown_flag_and_list_presets():
     assert proc.returncode == 2 and "--epochz" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "rd3fast.run", "--list-presets"], capture_output=True, text=True)
     assert proc.returncode == 0 and "| rd3 |" in proc.stdout and "| edc |" in proc.stdout
+
+
+@pytest.mark.parametrize("preset", ["rded", "sre2l-cifar", "gvbsm"])
+def test_val_folder_and_weights_file_under_presets(work, tmp_path, preset):
+    """The issue's 'done when': a distilled ImageFolder + a val folder + a teacher weights file, any preset."""
+    from rd3fast.prepare import export_folder
+
+    _, teacher, syn = work
+    val = export_folder("digits", tmp_path / "val", split="val", limit=6)
+    out = tmp_path / "out"
+    teachers = ",".join([ARCH] * (2 if preset == "gvbsm" else 1))
+    weights = ",".join([str(teacher)] * (2 if preset == "gvbsm" else 1))
+    rc = run.main(["--preset", preset, "--distilled", str(syn), "--val", str(val), "--image-size", "16",
+                   "--val-resize-ratio", "1", "--mean", "0.3056", "--std", "0.3188", "--teacher", teachers,
+                   "--teacher-weights", weights, "--student", ARCH, "--epochs", "2", "--batch-size", "10",
+                   "--seeds", "0,1", "--parallel-seeds", "2", "--val-cache", str(tmp_path / "vc"),
+                   "--out", str(out), "--no-progress"])
+    assert rc == 0
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["config"]["preset"] == preset and rec["val_images"] == 60 and len(rec["runs"]) == 2
+    assert any((tmp_path / "vc").iterdir())  # the val folder was decoded once into the cache
