@@ -11,8 +11,8 @@ of that size costs; 96 x 72 with --quick). Each reader does one validation pass:
 CenterCrop, normalize, batches on ``--device`` (``first`` includes building the pipeline / FFCV's JIT /
 writing the .beton (``--ffcv-write-mode``, jpg by default, raw with --quick) or the cache; ``steady`` is
 a second pass). ``cache`` reads the uint8 centre crops written by the first pass (memory-mapped) and
-normalizes them on the device as ``train.evaluate`` does (``aug.eval_transform``); ``cache-fused`` with the
-readers' fused in-place normalization. With ``--model`` every pass also runs the model (bf16 +
+normalizes them on the device with the spec's formula (``aug.eval_transform``); ``cache-fused`` with the
+one multiply-subtract that ``train.evaluate`` and the readers use (``aug.eval_normalize``). With ``--model`` every pass also runs the model (bf16 +
 channels_last on CUDA), so the rows compare whole evaluations: re-decoding every time vs evaluating from
 the cache. On CUDA it also times ResNet-18 evaluation (``train.evaluate``) from resident uint8 crops.
 """
@@ -104,10 +104,9 @@ def bench_backend(name: str, root: Path, args, model, dev: torch.device, scratch
 
 
 def bench_cache(root: Path, args, model, dev: torch.device, decoder: str, fused: bool = False) -> dict:
-    """fused=False: normalization as ``train.evaluate`` does it (aug.eval_transform); True: the readers'
-    fused in-place multiply-subtract (backends.fused_normalize)."""
-    from rd3fast.aug import eval_transform
-    from rd3fast.backends import fused_normalize
+    """fused=False: normalization as the spec writes it (aug.eval_transform); True: the one multiply-subtract
+    that ``train.evaluate`` and the readers use (aug.eval_normalize)."""
+    from rd3fast.aug import eval_normalize, eval_transform
 
     cache_dir = valcache.cache_root() / "bench" / "valcache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # the first pass decodes and writes the cache afresh
@@ -123,7 +122,7 @@ def bench_cache(root: Path, args, model, dev: torch.device, decoder: str, fused:
         with torch.inference_mode():
             for i in range(0, len(y_all), args.batch_size):
                 xb = x_all[i:i + args.batch_size]
-                x = fused_normalize(xb, FM.mean, FM.std) if fused else eval_transform(xb, FM.mean, FM.std)
+                x = eval_normalize(xb, FM.mean, FM.std) if fused else eval_transform(xb, FM.mean, FM.std)
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 if model is not None:

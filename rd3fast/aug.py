@@ -22,6 +22,7 @@ Upstream semantics mirrored here:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -84,10 +85,13 @@ class AugParams:
     lam: torch.Tensor  # float32 (): weight of the sample's own label (1.0 when not mixed)
     mix: str  # the spec's mode; a batch skipped by mix_prob keeps it, with an empty box / lam 1
 
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        """Every tensor field by name (all fields but ``mix``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mix"}
+
     def to(self, device: torch.device | str) -> "AugParams":
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return AugParams(mv(self.boxes), mv(self.flip), mv(self.row_perm), mv(self.col_perm), mv(self.partner),
-                         mv(self.mix_box), mv(self.lam), self.mix)
+        moved = {k: None if t is None else t.to(device, non_blocking=True) for k, t in self.tensors().items()}
+        return AugParams(mix=self.mix, **moved)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -317,9 +321,14 @@ def eval_normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[flo
     return images.to(torch.float32).mul_(scale).sub_(shift)
 
 
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Square resize of a uint8 batch (antialiased bilinear), for sets decoded at another size."""
-    if images.shape[-2:] == (size, size):
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """Square resize of uint8 N x C x H x W (torch bilinear + antialias, PIL-like), ``chunk`` images at a
+    time to bound the float32 working memory; a no-op at that size."""
+    if tuple(images.shape[-2:]) == (size, size):
         return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8, device=images.device)
+    for i in range(0, len(images), chunk):
+        v = F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        out[i:i + chunk] = v.round_().clamp_(0, 255).to(torch.uint8)
+    return out

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from .aug import resize_uint8
 from .errors import RD3Error
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -374,7 +375,7 @@ def _tensor_set(images: Any, labels: Any, path: Path, class_map: str | Path | No
     y, k = _hard_labels(y, path)
     x = _to_uint8_images(x, path, mean, std)
     if load_size:
-        x = _resize_uint8(x, load_size)
+        x = resize_uint8(x, load_size, _CHUNK)
     if class_map is None:
         classes = [str(i) for i in range(k)]
     else:
@@ -382,18 +383,6 @@ def _tensor_set(images: Any, labels: Any, path: Path, class_map: str | Path | No
         if k > len(classes):
             raise RD3Error(f"{path}: labels need {k} classes but class map {class_map} names {len(classes)}")
     return ImageSet(x, y, classes, str(path))
-
-
-def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Square-resize uint8 N x C x H x W with torch bilinear + antialias (PIL-like); no-op at that size."""
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    out = torch.empty((*x.shape[:2], size, size), dtype=torch.uint8)
-    for i in range(0, len(x), _CHUNK):
-        v = F.interpolate(x[i:i + _CHUNK].float(), size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=True)
-        out[i:i + _CHUNK] = v.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -481,7 +470,7 @@ def _split(source: str, split: str) -> str:
 def _builtin_fit(x: torch.Tensor, image_size: int, ratio: float) -> torch.Tensor:
     """Resize(round(size / ratio)) + CenterCrop(size) on square uint8 tensors (ratio 1: a plain resize)."""
     short = round(image_size / ratio)
-    x = _resize_uint8(x, short)
+    x = resize_uint8(x, short, _CHUNK)
     if short == image_size:
         return x
     top = int(round((short - image_size) / 2.0))

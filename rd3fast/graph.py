@@ -21,7 +21,6 @@ from .aug import AugParams
 from .config import Config
 
 log = logging.getLogger("rd3fast")
-_FIELDS = ("boxes", "flip", "row_perm", "col_perm", "partner", "mix_box", "lam")
 
 
 def graph_unavailable_reason(cfg: Config, device: torch.device) -> str | None:
@@ -45,7 +44,7 @@ def graph_unavailable_reason(cfg: Config, device: torch.device) -> str | None:
 def _flatten(idx: list[torch.Tensor], params: list[AugParams], cached: list[torch.Tensor]) -> list[torch.Tensor]:
     flat = list(idx)
     for p in params:
-        flat += [getattr(p, f) for f in _FIELDS if getattr(p, f) is not None]
+        flat += [t for t in p.tensors().values() if t is not None]
     return flat + list(cached)
 
 
@@ -55,7 +54,7 @@ def _unflatten(flat: list[torch.Tensor], like: tuple[list, list, list]) -> tuple
     new_idx = [next(it) for _ in idx]
     new_params = []
     for p in params:
-        values = {f: (next(it) if getattr(p, f) is not None else None) for f in _FIELDS}
+        values = {name: (None if t is None else next(it)) for name, t in p.tensors().items()}
         new_params.append(AugParams(mix=p.mix, **values))
     return new_idx, new_params, [next(it) for _ in cached]
 

@@ -12,15 +12,14 @@ Names resolve in this order:
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_write
 from .errors import RD3Error
 
 _CONVNET = re.compile(r"^convnet(?:-d(\d+))?(?:-w(\d+))?(-bn)?$")
@@ -131,14 +130,6 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> dict[str, Any
 
 def save_weights(path: str | Path, model: nn.Module, arch: str, **meta: Any) -> None:
     """Atomic write (tmp file + rename) of {'arch', 'state_dict', **meta}, readable by load_weights."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"arch": arch, "state_dict": state, **meta}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -10,11 +10,12 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from .atomic import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -64,16 +65,8 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomic: a reader never sees half a file, an interrupted run leaves the previous one intact."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
 
 
 def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:

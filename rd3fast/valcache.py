@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .atomic import atomic_tmp
 from .errors import RD3Error
 
 CACHE_ENV = "RD3FAST_CACHE"
@@ -33,14 +33,12 @@ TRANSFORM_VERSION = 1  # bump whenever the decode geometry or a decoder's settin
 DECODERS = ("pil", "dali", "ffcv")
 SCHEMA = 1
 
-
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """``cache_dir``, else $RD3FAST_CACHE, else ~/.cache/rd3fast."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "rd3fast"
-
 
 def folder_fingerprint(root: str | Path, class_map: str | Path | None = None) -> dict[str, Any]:
     """What an ImageFolder's decoded content depends on: path, classes, and each file's name, size, mtime."""
@@ -56,7 +54,6 @@ def folder_fingerprint(root: str | Path, class_map: str | Path | None = None) ->
     return {"root": str(base.resolve()), "classes": list(listing.classes), "files": len(listing.files),
             "listing_sha256": h.hexdigest(), "class_map_sha256": cmap}
 
-
 def cache_key(root: str | Path, image_size: int, resize_ratio: float, decoder: str = "pil",
               class_map: str | Path | None = None) -> tuple[str, dict[str, Any]]:
     """(hex key, the dict it hashes) for one folder + transform + decoder."""
@@ -68,28 +65,18 @@ def cache_key(root: str | Path, image_size: int, resize_ratio: float, decoder: s
     blob = json.dumps(desc, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:32], desc
 
-
 def resolve_decoder(decoder: str) -> str:
     """The validation decoder a --loader value stands for: auto means PIL (the reference pixels; the decode
     happens once, so its speed matters little)."""
     return "pil" if decoder in ("auto", "", None) else decoder
-
 
 def _default_device(decoder: str, device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if decoder == "dali" and torch.cuda.is_available() else "cpu")
 
-
 def _paths(entry: Path) -> tuple[Path, Path, Path]:
     return entry.with_suffix(".npy"), entry.with_suffix(".labels.npy"), entry.with_suffix(".json")
-
-
-def _atomic_tmp(final: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=final.name + ".", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
 
 def _uint8_batches(root: Path, listing: Any, image_size: int, resize_ratio: float, decoder: str,
                    workers: int | None, device: str | torch.device, class_map: str | Path | None,
@@ -130,7 +117,6 @@ def _uint8_batches(root: Path, listing: Any, image_size: int, resize_ratio: floa
         yield start, arr
         start += len(arr)
 
-
 def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: str = "pil",
           class_map: str | Path | None = None, workers: int | None = None,
           device: str | torch.device | None = None, cache_dir: str | Path | None = None,
@@ -152,7 +138,7 @@ def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: st
     folder.mkdir(parents=True, exist_ok=True)
     listing = list_image_folder(root, class_map)
     n = len(listing.files)
-    tmp_npy, tmp_labels, tmp_meta = _atomic_tmp(npy), _atomic_tmp(labels_npy), _atomic_tmp(meta)
+    tmp_npy, tmp_labels, tmp_meta = atomic_tmp(npy), atomic_tmp(labels_npy), atomic_tmp(meta)
     t0 = time.perf_counter()
     try:
         out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8, shape=(n, 3, image_size, image_size))
@@ -182,7 +168,6 @@ def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: st
             t.unlink(missing_ok=True)
     return npy
 
-
 def load(npy: str | Path) -> Any:
     """An ImageSet over a cache entry: images memory-mapped copy-on-write (nothing decoded or read yet)."""
     from .data import ImageSet
@@ -200,7 +185,6 @@ def load(npy: str | Path) -> Any:
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), list(record["source"]["classes"]),
                     record["source"]["root"])
 
-
 def cached_real(root: str | Path, *, image_size: int, resize_ratio: float, decoder: str = "pil",
                 class_map: str | Path | None = None, workers: int | None = None,
                 device: str | torch.device | None = None, cache_dir: str | Path | None = None,
@@ -209,7 +193,6 @@ def cached_real(root: str | Path, *, image_size: int, resize_ratio: float, decod
     return load(build(root, image_size=image_size, resize_ratio=resize_ratio, decoder=decoder,
                       class_map=class_map, workers=workers, device=device, cache_dir=cache_dir,
                       progress=progress))
-
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, val: Any, mean: tuple[float, ...], std: tuple[float, ...],

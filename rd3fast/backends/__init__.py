@@ -25,6 +25,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
+from ..aug import eval_normalize
 from ..errors import RD3Error
 
 BACKENDS = ("pil", "dali", "ffcv")
@@ -137,17 +138,10 @@ def finish(x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequenc
     y = y.reshape(-1).to(device=device, dtype=torch.int64, non_blocking=True)
     if output == "uint8":
         return x, y
-    x = fused_normalize(x, mean, std)
+    x = eval_normalize(x, tuple(mean), tuple(std))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
-
-
-def fused_normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float32 (x / 255 - mean) / std of a uint8 batch as one multiply-subtract (rd3fast.aug.eval_normalize)."""
-    from ..aug import eval_normalize
-
-    return eval_normalize(x, tuple(mean), tuple(std))
 
 
 def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_size: int,

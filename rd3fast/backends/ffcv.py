@@ -22,18 +22,17 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_tmp
 from ..errors import RD3Error
 from . import ImageList, finish, list_image_folder, require
 
 WRITE_MODES = ("raw", "jpg")
-
 
 def _rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
@@ -41,7 +40,6 @@ def _rgb(arr: np.ndarray) -> np.ndarray:
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     return np.ascontiguousarray(arr)
-
 
 class _FolderItems:
     """Indexable (HWC uint8 RGB, label) over an ImageFolder listing, for FFCV's writer processes. A file that
@@ -67,7 +65,6 @@ class _FolderItems:
                 f.write(f"cannot decode image {self.files[i]}: {' '.join(str(e).split())}\n")
             return np.zeros((1, 1, 3), np.uint8), int(self.labels[i])
 
-
 class _ArrayItems:
     """Indexable (HWC uint8 RGB, label) over uint8 N x C x H x W tensors (a built-in set)."""
 
@@ -79,7 +76,6 @@ class _ArrayItems:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         return _rgb(self.images[i].transpose(1, 2, 0)), int(self.labels[i])
-
 
 def write_beton(source: str | Path, out: str | Path, *, split: str = "train", write_mode: str = "raw",
                 jpeg_quality: int = 90, max_resolution: int | None = None, class_map: str | Path | None = None,
@@ -110,8 +106,7 @@ def write_beton(source: str | Path, out: str | Path, *, split: str = "train", wr
         listing = list_image_folder(source, class_map)
         classes, origin = list(listing.classes), str(Path(listing.root).resolve())
         items = None
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
+    tmp = str(atomic_tmp(out))
     errors = tmp + ".errors"
     try:
         if items is None:
@@ -135,7 +130,6 @@ def write_beton(source: str | Path, out: str | Path, *, split: str = "train", wr
                 os.unlink(t)
     return out
 
-
 def read_meta(beton: str | Path) -> dict[str, Any]:
     p = Path(str(beton) + ".json")
     try:
@@ -145,7 +139,6 @@ def read_meta(beton: str | Path) -> dict[str, Any]:
                        "`python -m rd3fast.prepare beton`") from None
     except (OSError, json.JSONDecodeError) as e:
         raise RD3Error(f"cannot read {p}: {e}") from None
-
 
 def beton_for(source: str | Path, *, split: str = "train", class_map: str | Path | None = None,
               write_mode: str | None = None, jpeg_quality: int = 95, max_resolution: int | None = None,
@@ -168,7 +161,6 @@ def beton_for(source: str | Path, *, split: str = "train", class_map: str | Path
         write_beton(source, out, split=split, write_mode=write_mode, jpeg_quality=jpeg_quality,
                     max_resolution=max_resolution, class_map=class_map, workers=workers)
     return out
-
 
 class FFCVReader:
     """(x, y) batches from an FFCV Loader over a .beton (see the package docstring); a ``for`` loop = one epoch."""
