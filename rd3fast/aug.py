@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,13 @@ class AugParams:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mix"}
 
     def to(self, device: torch.device | str) -> "AugParams":
-        moved = {k: None if t is None else t.to(device, non_blocking=True) for k, t in self.tensors().items()}
-        return AugParams(mix=self.mix, **moved)
+        return self.to_with(device)[0]
+
+    def to_with(self, device: torch.device | str, *extra: torch.Tensor) -> tuple["AugParams", list[torch.Tensor]]:
+        """These params and ``extra`` tensors (e.g. the batch indices) on ``device``, in one host copy."""
+        names = list(self.tensors())
+        moved = to_device([*self.tensors().values(), *extra], device)
+        return AugParams(mix=self.mix, **dict(zip(names, moved))), moved[len(names):]
 
 
 # ---------------------------------------------------------------------------------------------------

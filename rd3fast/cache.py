@@ -130,23 +130,28 @@ class SoftLabelCache:
         except (OSError, ValueError) as e:
             raise RD3Error(f"soft-label cache file {file} is unreadable ({e})") from None
         n_cls, start = self.meta["num_classes"], 0
-        as_t = lambda a, dt=torch.int64: torch.from_numpy(a.astype(np.int64) if dt == torch.int64 else a).to(device)  # noqa: E731
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         for step, size in enumerate(z["sizes"].tolist()):
             sl = slice(start, start + size)
             start += size
             params = AugParams(
                 boxes=as_t(z["boxes"][sl]).int(), flip=as_t(z["flip"][sl]).bool(),
-                row_perm=self.codec.decode(z["row_rank"][sl]).to(device) if self.codec else None,
-                col_perm=self.codec.decode(z["col_rank"][sl]).to(device) if self.codec else None,
-                partner=as_t(z["partner"][sl]), mix_box=as_t(z["mix_box"][step]).int(),
-                lam=torch.tensor(float(z["lam"][step]), device=device), mix=self.meta.get("mix", "none"))
-            values = torch.from_numpy(z["values"][sl]).to(device).float()
-            if "classes" in z:  # top-k: the rest of the classes get the mean of the remaining logits
+                row_perm=self.codec.decode(z["row_rank"][sl]) if self.codec else None,
+                col_perm=self.codec.decode(z["col_rank"][sl]) if self.codec else None,
+                partner=as_t(z["partner"][sl]).long(), mix_box=as_t(z["mix_box"][step]).int(),
+                lam=torch.tensor(float(z["lam"][step])), mix=self.meta.get("mix", "none"))
+            top_k = "classes" in z
+            extra = [as_t(z["idx"][sl]).long(), as_t(z["values"][sl])]
+            if top_k:
+                extra.append(as_t(z["classes"][sl]).long())
+            params, moved = params.to_with(device, *extra)  # one host-to-device copy per step
+            idx, values = moved[0], moved[1].float()
+            if top_k:  # the rest of the classes get the mean of the remaining logits
                 soft = values[:, -1:].expand(size, n_cls).clone()
-                soft.scatter_(1, as_t(z["classes"][sl]), values[:, :-1])
+                soft.scatter_(1, moved[2], values[:, :-1])
             else:
                 soft = values
-            yield as_t(z["idx"][sl]), params, soft
+            yield idx, params, soft
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.glob("*") if f.is_file())

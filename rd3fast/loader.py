@@ -82,7 +82,8 @@ class ResidentLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             params = aug.sample_params(self.spec, len(idx), h, w, gen)
-            yield idx.to(self.device, non_blocking=True), params.to(self.device)
+            params, [idx] = params.to_with(self.device, idx)  # one pinned copy per step on CUDA
+            yield idx, params
 
     def batch(self, idx: torch.Tensor, params: AugParams) -> Batch:
         y = self.labels[idx]

@@ -127,12 +127,22 @@ def train(exp: Experiment, seed: int, progress: bool = True, desc: str = "") -> 
     return result, model
 
 
-def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
-                desc: str = "") -> list[tuple[RunResult, nn.Module]]:
-    """Train one student per seed, all at once (one module, one teacher pass per step)."""
+@dataclass
+class Engine:
+    """What a run steps: K students, their loaders, the optimizer, EMA, teacher and cache, and ``step``."""
+
+    loaders: list[ResidentLoader]
+    students: Students
+    optimizer: torch.optim.Optimizer
+    ema: ParamEMA | None
+    cache: SoftLabelCache | None
+    no_graph: str | None  # why the step is not captured as a CUDA graph (None: it is)
+    step: Callable[[list, list, list], torch.Tensor]  # (idx, params, cached per seed) -> losses (K,)
+
+
+def build_engine(exp: Experiment, seeds: Sequence[int]) -> Engine:
+    """Loaders, students (initialized from their seeds), optimizer, EMA and the capturable step."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes every step, as the reference scripts set it
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
     loaders = [ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=s, device=dev,
                               drop_last=cfg.drop_last, backend=cfg.aug_backend,
@@ -151,12 +161,12 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
     if relabeler is not None and cfg.compile_teacher and dev.type == "cuda":
         relabeler = torch.compile(relabeler)
     cache = _open_cache(cfg, exp) if cfg.cache_mode != "off" else None
-    val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
     autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda",
                     cache_enabled=not graphed)  # the autocast weight cache must not outlive a capture
 
     def step(idx: list[torch.Tensor], params: list[AugParams], cached: list[torch.Tensor]) -> torch.Tensor:
-        """One optimizer step of all K students; returns their losses (K,). Capturable as a graph."""
+        """One optimizer step of all K students; returns their losses (K,). Capturable as a graph: no host
+        syncs, no host-to-device copies, every input a device tensor (tests/test_engine.py checks this)."""
         batches = [ld.batch(i, p) for ld, i, p in zip(loaders, idx, params)]
         x = torch.stack([b.x for b in batches]) if k > 1 else batches[0].x[None]
         if cached:  # replay: the teacher's logits come from the cache
@@ -181,28 +191,40 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
             ema.update(students)
         return losses.detach()
 
-    run_step: Callable = GraphedStep(step, optimizer) if graphed else _eager(step, optimizer)
-    results = [RunResult(seed=s, notes=[f"eager step: {no_graph}"] if no_graph else ["whole step as one CUDA graph"])
-               for s in seeds]
+    return Engine(loaders, students, optimizer, ema, cache, no_graph, step)
+
+
+def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
+                desc: str = "") -> list[tuple[RunResult, nn.Module]]:
+    """Train one student per seed, all at once (one module, one teacher pass per step)."""
+    cfg, dev, k = exp.cfg, exp.device, len(seeds)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step, as the reference scripts set it
+    eng = build_engine(exp, seeds)
+    val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
+    graphed = eng.no_graph is None
+    run_step: Callable = GraphedStep(eng.step, eng.optimizer) if graphed else _eager(eng.step, eng.optimizer)
+    note = "whole step as one CUDA graph" if graphed else f"eager step: {eng.no_graph}"
+    results = [RunResult(seed=s, notes=[note]) for s in seeds]
     bar = tqdm(range(cfg.epochs), desc=desc or f"seeds {','.join(map(str, seeds))}", disable=not progress,
                leave=False)
     start = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
         lr = cfg.lr * lr_factor(cfg, epoch)  # stepped per epoch, as upstream's LambdaLR
-        set_lr(optimizer, lr)
-        students.train()
+        set_lr(eng.optimizer, lr)
+        eng.students.train()
         loss_sum = torch.zeros(k, device=dev)
-        for draws in _epoch_draws(cfg, loaders, cache, epoch, dev):
+        for draws in _epoch_draws(cfg, eng.loaders, eng.cache, epoch, dev):
             loss_sum += run_step(*draws)
-        if cache is not None and cfg.cache_mode == "record":
-            cache.end_epoch(epoch)
-        epoch_loss = (loss_sum / len(loaders[0])).tolist()  # one host sync per epoch
+        if eng.cache is not None and cfg.cache_mode == "record":
+            eng.cache.end_epoch(epoch)
+        epoch_loss = (loss_sum / len(eng.loaders[0])).tolist()  # one host sync per epoch
         elapsed = time.perf_counter() - t0
         for r, lval in zip(results, epoch_loss):
             r.epochs.append({"epoch": epoch + 1, "loss": lval, "lr": lr, "time_s": elapsed})
         if should_eval(cfg, epoch):
-            evaluated = ema.swapped(students) if ema is not None and cfg.eval_ema else students
+            evaluated = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
             for j, r in enumerate(results):
                 metrics = evaluate(evaluated.model(j), val_images, val_labels, cfg.mean, cfg.std,
                                    cfg.eval_batch_size, cfg.amp)
@@ -211,18 +233,18 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
         else:
             bar.set_postfix(loss=f"{epoch_loss[0]:.3f}")
     train_time = time.perf_counter() - start
-    per_epoch = len(loaders[0]) * cfg.batch_size if cfg.drop_last else len(exp.train.images)
-    final = ema.swapped(students) if ema is not None and cfg.eval_ema else students
+    per_epoch = len(eng.loaders[0]) * cfg.batch_size if cfg.drop_last else len(exp.train.images)
+    final = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
     out = []
     for j, r in enumerate(results):
         r.train_time_s = train_time
         r.images_per_s = cfg.epochs * per_epoch / max(train_time, 1e-9)  # per seed; K seeds ran at once
         out.append((r, final.model(j) if k == 1 else copy.deepcopy(final.model(j))))
-    if cache is not None and cfg.cache_mode == "record":
-        size, fkd = cache.size_bytes(), cache.fkd_bytes()
+    if eng.cache is not None and cfg.cache_mode == "record":
+        size, fkd = eng.cache.size_bytes(), eng.cache.fkd_bytes()
         for r in results:
-            r.notes.append(f"soft-label cache {cache.path}: {size / 2**20:.2f} MiB, FKD-style storage would be "
-                           f"{fkd / 2**20:.2f} MiB (1/{fkd / max(size, 1):.0f})")
+            r.notes.append(f"soft-label cache {eng.cache.path}: {size / 2**20:.2f} MiB, FKD-style storage "
+                           f"would be {fkd / 2**20:.2f} MiB (1/{fkd / max(size, 1):.0f})")
     return out
 
 

@@ -1,9 +1,13 @@
 """The engine: K seeds at once, the soft-label cache, the CUDA-graph step (fallback on CPU; gpu tests)."""
+import traceback
+from pathlib import Path
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rd3fast.cache import PermCodec, SoftLabelCache
-from rd3fast.config import resolve
+from rd3fast.config import PRESETS, resolve
 from rd3fast.data import ImageSet
 from rd3fast.errors import RD3Error
 from rd3fast.experiment import Experiment
@@ -11,20 +15,21 @@ from rd3fast.graph import graph_unavailable_reason
 from rd3fast.models import build_model
 from rd3fast.students import Students
 from rd3fast.teacher import Relabeler
-from rd3fast.train import train_seeds
+from rd3fast.train import build_engine, train_seeds
 
 
-def toy_experiment(device="cpu", classes=5, n_per=8, size=12, **overrides):
-    """A random uint8 set with a random-init teacher: enough to test the engine's bookkeeping."""
+def toy_experiment(device="cpu", classes=5, n_per=8, size=12, preset="rd3", teachers=1, **overrides):
+    """A random uint8 set with random-init teachers: enough to test the engine's bookkeeping."""
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (classes * n_per, 3, size, size), generator=g, dtype=torch.uint8)
     labels = torch.arange(classes).repeat_interleave(n_per)
     data = ImageSet(imgs, labels, [str(c) for c in range(classes)], "toy")
-    torch.manual_seed(123)
-    teacher = Relabeler([build_model("convnet-d2-w8-bn", classes, size)]).to(device)
     settings = dict(dataset="digits", student="convnet-d2-w8-bn", epochs=2, batch_size=10, image_size=size,
                     num_classes=classes, mean=(0.5,) * 3, std=(0.25,) * 3, eval_every=1, patch_shuffle=2)
-    cfg = resolve("rd3", overrides={**settings, **overrides})
+    cfg = resolve(preset, overrides={**settings, **overrides})
+    torch.manual_seed(123)
+    teacher = Relabeler([build_model("convnet-d2-w8-bn", classes, size) for _ in range(teachers)],
+                        logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train).to(device)
     return Experiment(cfg=cfg, train=data, val=data, relabeler=teacher, device=torch.device(device))
 
 
@@ -149,3 +154,97 @@ def test_k_at_once_on_cuda_graphed():
     both = [r for r, _ in train_seeds(exp, [0, 1], progress=False)]
     for a, b in zip(one, both):
         assert abs(a.epochs[-1]["loss"] - b.epochs[-1]["loss"]) <= 0.05 * abs(a.epochs[-1]["loss"]) + 1e-4
+
+
+# --- capture safety ---------------------------------------------------------------------------------
+# A captured CUDA graph replays device work only: a host sync inside the step (.item(), bool(tensor),
+# boolean-mask indexing, nonzero) fails the capture or bakes one step's value into every replay, and a
+# tensor built from host data inside the step is a host-to-device copy that capture cannot record. These
+# ops are the same on the CPU, so the step is checked here, in CI, for every preset the GPU would graph.
+aten = torch.ops.aten
+_SYNCING = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten._unique2, aten.unique_dim,
+            aten.unique_consecutive, aten.equal, aten.is_nonzero, aten.lift_fresh, aten.lift_fresh_copy}
+_MASK_INDEXING = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records every op that would synchronize with (or copy from) the host, with the rd3fast line that ran it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        bad = packet in _SYNCING or (packet in _MASK_INDEXING and any(
+            isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in (args[1] or ())))
+        if bad and not self.paused:
+            ours = [f"{Path(fr.filename).name}:{fr.lineno}" for fr in traceback.extract_stack()
+                    if "/rd3fast/" in fr.filename or "/kernels/" in fr.filename]
+            self.found.append(f"{func} at {' < '.join(reversed(ours[-3:])) or 'torch internals'}")
+        return func(*args, **(kwargs or {}))
+
+
+def _checked_steps(eng, draws, steps=2) -> list[str]:
+    """One unchecked warm-up step (GraphedStep runs three eagerly: constants are made and cached there),
+    then ``steps`` steps under HostSyncs. The optimizer is left out: on CUDA the graphed step uses torch's
+    capturable AdamW, which is sync-free by construction but cannot be built on a CPU."""
+    mode = HostSyncs()
+    plain_step = eng.optimizer.step
+
+    def optimizer_step(*a, **kw):
+        mode.paused = True
+        try:
+            return plain_step(*a, **kw)
+        finally:
+            mode.paused = False
+
+    eng.optimizer.step = optimizer_step
+    for n, (idx, params, cached) in zip(range(1 + steps), draws):
+        eng.optimizer.zero_grad(set_to_none=True)
+        mode.paused = n == 0
+        with mode:
+            eng.step(idx, params, cached)
+    return mode.found
+
+
+def test_host_sync_detector_flags_what_breaks_a_capture():
+    x = torch.arange(6.0)
+    with HostSyncs() as mode:
+        x.sum().item()
+        _ = x[x > 2]
+        torch.tensor([1.0, 2.0])
+        _ = x[torch.tensor([0, 1])]  # the index is built from host data (flagged); integer indexing itself is fine
+        (x * 2).sum()
+    found = " | ".join(mode.found)
+    assert "_local_scalar_dense" in found and "index.Tensor" in found and found.count("lift_fresh") == 2
+    assert len(mode.found) == 4
+
+
+GRAPHED_PRESETS = [p for p in PRESETS if graph_unavailable_reason(resolve(p), torch.device("cuda")) is None
+                   and resolve(p).loss != "ce"]
+
+
+@pytest.mark.parametrize("preset", GRAPHED_PRESETS)
+def test_step_of_every_graphed_preset_is_sync_free(preset):
+    cfg = resolve(preset)
+    exp = toy_experiment(preset=preset, teachers=len(cfg.teacher), ema_decay=cfg.ema_decay or 0.9,
+                         patch_shuffle=cfg.patch_shuffle, aug_backend="torch")
+    eng = build_engine(exp, [0])
+    draws = ([[i], [p], []] for i, p in eng.loaders[0].draws(0))
+    assert _checked_steps(eng, draws) == []
+
+
+def test_k_at_once_and_cache_replay_steps_are_sync_free(tmp_path):
+    exp = toy_experiment(aug_backend="torch")
+    eng = build_engine(exp, [0, 1, 2])
+    draws = ([[a[0] for a in d], [a[1] for a in d], []] for d in zip(*(ld.draws(0) for ld in eng.loaders)))
+    assert _checked_steps(eng, draws) == []
+
+    train_seeds(toy_experiment(cache=str(tmp_path / "c"), cache_mode="record", cache_topk=2), [0], progress=False)
+    replay = toy_experiment(cache=str(tmp_path / "c"), cache_mode="replay", aug_backend="torch")
+    replay.relabeler = None
+    eng = build_engine(replay, [0, 1])
+    draws = ([[i] * 2, [p] * 2, [soft] * 2] for i, p, soft in eng.cache.epoch(0, torch.device("cpu")))
+    assert _checked_steps(eng, draws) == []
