@@ -64,7 +64,8 @@ class GraphedStep:
 
     def __init__(self, step: Callable, optimizer: torch.optim.Optimizer, warmup: int = 3) -> None:
         self.step, self.optimizer, self.warmup = step, optimizer, warmup
-        self.calls = 0
+        self.calls = 0  # eager calls (warm-up, and steps of another shape after the capture)
+        self.replays = 0  # steps run as a graph replay (the captured step included)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.signature: tuple | None = None
         self.static_in: list[torch.Tensor] = []
@@ -77,6 +78,7 @@ class GraphedStep:
             for static, new in zip(self.static_in, flat):
                 static.copy_(new, non_blocking=True)
             self.graph.replay()
+            self.replays += 1
             return self.static_out
         if self.graph is not None or self.calls < self.warmup:
             self.calls += 1
@@ -91,6 +93,7 @@ class GraphedStep:
             self.static_out = self.step(s_idx, s_params, s_cached)
         self.graph, self.signature = graph, signature
         graph.replay()
+        self.replays += 1
         return self.static_out
 
     def _eager(self, idx: list, params: list, cached: list) -> torch.Tensor:

@@ -240,6 +240,10 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
         r.train_time_s = train_time
         r.images_per_s = cfg.epochs * per_epoch / max(train_time, 1e-9)  # per seed; K seeds ran at once
         out.append((r, final.model(j) if k == 1 else copy.deepcopy(final.model(j))))
+    if graphed:
+        for r in results:
+            r.notes.append(f"{run_step.replays} of {run_step.replays + run_step.calls} steps replayed the graph "
+                           f"(the others: {run_step.warmup} warm-up steps, and batches of another size)")
     if eng.cache is not None and cfg.cache_mode == "record":
         size, fkd = eng.cache.size_bytes(), eng.cache.fkd_bytes()
         for r in results:

@@ -38,7 +38,7 @@ def test_pack_unpack_roundtrip_is_exact():
 def test_pieces_are_aligned_and_disjoint():
     _, layout = pack(_mixed())
     spans = [(off, off + n) for off, n, _, _ in (p for p in layout.pieces if p is not None)]
-    assert all(off % 8 == 0 for off, _ in spans)
+    assert all(off % 16 == 0 for off, _ in spans)
     for (a0, a1), (b0, _) in zip(spans, spans[1:]):
         assert a1 <= b0  # bytes of one piece never overlap the next
     assert spans[-1][1] <= layout.nbytes
