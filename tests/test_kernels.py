@@ -15,6 +15,8 @@ CUDA at 224 px, batch 256.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -528,3 +530,111 @@ def test_gpu_loader_uses_the_kernels(gpu_set):
     for a, r in zip(tri, ref):
         assert a.x.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(a.x.float(), r.x.float(), atol=ATOL, rtol=2.0 ** -7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compiled for the GPU, without one. The interpreter runs the kernel as numpy and never type-checks it the
+# way the compiler does; here each launcher's real call (recorded under the interpreter) is compiled by
+# Triton's own backend to a Hopper cubin (sm_90, the H100/H200 the benchmarks target) with its bundled ptxas,
+# in a subprocess where TRITON_INTERPRET is unset.
+# ---------------------------------------------------------------------------------------------------
+_PTR = {torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32", torch.int64: "*i64",
+        torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def _recorded_call(monkeypatch, launcher, *args, **kwargs) -> dict:
+    """The kernel signature and constexprs of one launcher call, as the GPU launch would specialize it."""
+    import inspect
+
+    import rd3fast.kernels.augment as K
+
+    names = list(inspect.signature(K._augment_kernel.fn).parameters)
+    calls = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: calls.append((a, kw))
+
+    # The launcher runs as it would on CUDA (GPU tiles, num_warps, bf16 stored as bf16): only its check that
+    # the tensors are on a GPU is bypassed, and the kernel call is recorded instead of run.
+    monkeypatch.setattr(K, "_augment_kernel", Recorder())
+    monkeypatch.setattr(K, "interpreted", lambda: False)
+    monkeypatch.setattr(K, "_check_images", lambda images: images.device)
+    launcher(*args, **kwargs)
+    [(a, kw)] = calls
+    sig, const, aligned = {}, {}, []
+    num_warps = kw.pop("num_warps")
+    for name, value in zip(names, a):
+        if isinstance(value, torch.Tensor):
+            sig[name] = _PTR[value.dtype]
+            aligned.append(name)  # fresh CUDA allocations are 256-byte aligned
+        elif value == 1:
+            sig[name], const[name] = "constexpr", 1  # Triton specializes integer 1 as a constant
+        else:
+            sig[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                aligned.append(name)
+    for name, value in kw.items():
+        sig[name], const[name] = "constexpr", value
+    assert const["INTERP"] is False and const["BF16_BITS"] is False
+    return {"signature": sig, "constexprs": const, "aligned": aligned, "num_warps": num_warps}
+
+
+_COMPILE = r'''
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import importlib.util
+import rd3fast
+if importlib.util.find_spec("rd3fast.kernels") is None:  # not installed: ./kernels, as tests/conftest.py does
+    rd3fast.__path__.append(sys.argv[1])
+import rd3fast.kernels.augment as K
+assert type(K._augment_kernel).__name__ == "JITFunction", "kernels imported under the interpreter"
+names = list(K._augment_kernel.arg_names)
+for call in json.load(sys.stdin):
+    idx = {n: (names.index(n),) for n in names}
+    src = ASTSource(fn=K._augment_kernel, signature=call["signature"],
+                    constexprs={idx[n]: v for n, v in call["constexprs"].items()},
+                    attrs={idx[n]: [["tt.divisibility", 16]] for n in call["aligned"]})
+    cc = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": call["num_warps"]})
+    print(call["name"], len(cc.asm["cubin"]), "bytes of sm_90 cubin", flush=True)
+'''
+
+
+@pytest.mark.skipif(not interpreted(), reason="records the launches under the interpreter; on a GPU the "
+                                            "gpu-marked tests compile and run the kernels themselves")
+def test_every_launcher_compiles_for_hopper(monkeypatch):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    images = u8(6, 3, 32, 32, seed=3)
+    c1 = u8(6, 1, 30, 30, seed=4)
+    idx = idx_for(6, 4, 0)
+    rd3 = spec_(16, patch_shuffle=2, crop="rrc", rrc_scale=(0.5, 1.0), mix="cutmix")
+    mixup = spec_(16, antialias=False, mix="mixup")
+    cifar = spec_(30, c=1, crop="random_crop", crop_padding=4, mix="none")
+    shuffled = aug.sample_params(rd3, 6, 32, 32, gen(4))
+    cases = {
+        "rd3 bf16 channels_last": (fused_augment, images, idx, aug.sample_params(rd3, 4, 32, 32, gen(1)), rd3,
+                                   torch.bfloat16, True),
+        "mixup fp32 bilinear": (fused_augment, images, idx, aug.sample_params(mixup, 4, 32, 32, gen(2)), mixup,
+                                torch.float32),
+        "random_crop fp16 1ch": (crop_resize_flip_normalize, c1, idx, aug.sample_params(cifar, 4, 30, 30, gen(3)),
+                                 cifar, torch.float16),
+        "patch_shuffle_u8": (patch_shuffle_u8, images, shuffled.row_perm, shuffled.col_perm),
+        "normalize_u8 bf16": (normalize_u8, images, MEAN3, STD3, torch.bfloat16, idx),
+    }
+    calls = []
+    for name, (launcher, *args) in cases.items():
+        with monkeypatch.context() as m:
+            calls.append({"name": name, **_recorded_call(m, launcher, *args)})
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", _COMPILE, root], input=json.dumps(calls), env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = [line.split(" bytes")[0].rsplit(" ", 1) for line in done.stdout.splitlines()]
+    assert [n for n, _ in compiled] == list(cases) and all(int(size) > 1000 for _, size in compiled)
