@@ -41,7 +41,7 @@ class Config:
 
     preset: str = "rd3"  # the preset these values started from (informational once resolved)
     # --- data -------------------------------------------------------------------------------------
-    distilled: str | None = None  # distilled set: ImageFolder, .pt/.npz tensors, or images_best.pt folder
+    distilled: str | None = None  # distilled set (ImageFolder, .pt/.npz, images_best.pt folder); run: several, a,b
     dataset: str | None = None  # built-in real set for validation: digits | fashion-mnist
     val: str | None = None  # real validation ImageFolder (class folders, ImageNet style)
     class_map: str | None = None  # distilled folder: text file, one class folder name per line, in index order
@@ -103,7 +103,7 @@ class Config:
     aug_backend: str = "auto"  # auto: Triton kernels on CUDA, the torch spec elsewhere
     amp: bool = True  # bf16 autocast for the student on CUDA (ignored on CPU)
     cuda_graph: str = "auto"  # capture the whole step as one CUDA graph: auto (CUDA + capturable) | on | off
-    parallel_seeds: int = 1  # train up to this many seeds at once (students batched with torch.func.vmap)
+    parallel_seeds: int = 1  # train up to this many runs (seeds x sets) at once (students batched by vmap)
     compile_teacher: bool = False  # torch.compile the teachers (CUDA)
     cache: str | None = None  # soft-label cache folder (augmentation draws + top-k teacher logits)
     cache_mode: str = "off"  # record: write the cache while training | replay: train from it, no teacher

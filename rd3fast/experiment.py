@@ -5,6 +5,7 @@ All bad input surfaces here, as RD3Error, before anything is trained or written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -77,7 +78,21 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
                                   logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
         data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)
-    train_set = ImageSet(data.expand_channels(train_set.images, 3), train_set.labels, train_set.classes,
-                         train_set.source)
     val = ImageSet(data.expand_channels(val.images, 3), val.labels, val.classes, val.source)
-    return Experiment(cfg=cfg, train=train_set, val=val, relabeler=relabeler, device=device)
+    return Experiment(cfg=cfg, train=_three_channels(train_set), val=val, relabeler=relabeler, device=device)
+
+
+def load_more_sets(exp: Experiment, paths: Sequence[str]) -> list[ImageSet]:
+    """Further distilled sets to train beside ``exp.train`` (several methods' sets of one IPC at once): read
+    with the same class map and load size, checked to have the same classes."""
+    cfg, more = exp.cfg, []
+    for path in paths:
+        s = data.load_distilled(path, class_map=cfg.class_map, load_size=cfg.load_size, mean=cfg.mean, std=cfg.std)
+        data.check_num_classes(f"training set {s.source}", s.num_classes, cfg.num_classes,
+                               f"to match the {cfg.num_classes} classes of {exp.train.source}")
+        more.append(_three_channels(s))
+    return more
+
+
+def _three_channels(s: ImageSet) -> ImageSet:
+    return ImageSet(data.expand_channels(s.images, 3), s.labels, s.classes, s.source)

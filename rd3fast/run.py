@@ -6,6 +6,9 @@
 Per run it prints the resolved config, shows progress, and writes <out>/results.json (config, metrics at
 every evaluation, per-epoch loss and time, mean +- std over seeds, versions, device, git sha) and
 <out>/curves.png, then prints a table. Bad input exits with status 2 and one message, writing nothing.
+
+Several distilled sets of one size (methods at one IPC) go in one call, ``--distilled a/,b/``: each gets
+<out>/<name>/, and with ``--parallel-seeds`` their runs train side by side, sharing each teacher pass.
 """
 from __future__ import annotations
 
@@ -17,37 +20,59 @@ from typing import Any, Sequence
 
 from . import config as config_mod
 from .config import PRESETS, Config, add_config_flags, config_from_args, describe
-from .errors import cli
+from .errors import RD3Error, cli
 from .results import aggregate, environment, format_table, plot_curves, write_json
 
 
 def evaluate_distilled(cfg: Config, out: str | Path | None, name: str = "", progress: bool = True,
                        verbose: bool = True) -> dict[str, Any]:
     """Train cfg.seeds students on cfg.distilled, write <out>/results.json + curves.png, return the record."""
-    from .experiment import prepare
-    from .train import train_seeds
-
-    exp = prepare(cfg)  # every bad input is reported here, before anything is written
-    cfg = exp.cfg
     name = name or Path(cfg.distilled or "set").name
-    if verbose:
-        print(f"\n== {name} under '{cfg.preset}' on {exp.device} ==\n{describe(cfg)}", flush=True)
-    record: dict[str, Any] = {"schema": 1, "name": name, "config": cfg.to_dict(),
-                              "environment": environment(exp.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                              "train_images": len(exp.train.images), "val_images": len(exp.val.images),
-                              "runs": []}
-    seeds = list(cfg.seeds)
-    for at in range(0, len(seeds), cfg.parallel_seeds):  # parallel_seeds students trained at once
-        group = seeds[at:at + cfg.parallel_seeds]
-        for result, _ in train_seeds(exp, group, progress=progress,
-                                     desc=f"{name} {cfg.preset} seed {','.join(map(str, group))}"):
-            record["runs"].append(result.summary())
-        record["summary"] = aggregate(record["runs"])
-        if out is not None:  # after every group: an interrupted run keeps the finished seeds
-            write_json(Path(out) / "results.json", record)
-    if out is not None:
-        plot_curves([record], Path(out) / "curves.png")
+    [record] = evaluate_sets(cfg, {name: cfg.distilled}, None if out is None else {name: Path(out)},
+                             progress=progress, verbose=verbose)
     return record
+
+
+def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path] | None = None,
+                  progress: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
+    """Evaluate several distilled sets of one size under one protocol (cfg.distilled is ignored): every
+    (set, seed) run, cfg.parallel_seeds of them at a time side by side, sharing the teacher pass. Writes
+    outs[name]/results.json (after every group of runs) and curves.png; returns one record per set."""
+    from .experiment import load_more_sets, prepare
+    from .train import check_side_by_side, train_seeds
+
+    names, paths = list(sets), list(sets.values())
+    # Every bad input (any of the sets included) is reported here, before anything is written.
+    exp = prepare(cfg.replace(distilled=paths[0]))
+    data = dict(zip(names, [exp.train, *load_more_sets(exp, paths[1:])]))
+    runs = [(name, seed) for name in names for seed in exp.cfg.seeds]
+    step = exp.cfg.parallel_seeds  # runs trained at once
+    groups = [runs[at:at + step] for at in range(0, len(runs), step)]
+    for group in groups:
+        check_side_by_side([data[n] for n, _ in group])
+    records = {}
+    for name, path in zip(names, paths):
+        set_cfg = exp.cfg.replace(distilled=path)
+        if verbose:
+            print(f"\n== {name} under '{set_cfg.preset}' on {exp.device} ==\n{describe(set_cfg)}", flush=True)
+        records[name] = {"schema": 1, "name": name, "config": set_cfg.to_dict(),
+                         "environment": environment(exp.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                         "train_images": len(data[name].images), "val_images": len(exp.val.images), "runs": []}
+    for group in groups:
+        label = ", ".join(f"{n} seed {s}" for n, s in group) if len(names) > 1 else \
+            f"{names[0]} seed {','.join(str(s) for _, s in group)}"
+        results = train_seeds(exp, [s for _, s in group], progress=progress, desc=f"{exp.cfg.preset}: {label}",
+                              sets=[data[n] for n, _ in group])
+        for (name, _), (result, _) in zip(group, results):
+            records[name]["runs"].append(result.summary())
+            records[name]["summary"] = aggregate(records[name]["runs"])
+        if outs is not None:  # after every group: an interrupted run keeps the finished seeds
+            for name in {n for n, _ in group}:
+                write_json(outs[name] / "results.json", records[name])
+    if outs is not None:
+        for name, record in records.items():
+            plot_curves([record], outs[name] / "curves.png")
+    return list(records.values())
 
 
 def table_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(PRESETS), default=None, help="protocol to start from [rd3]")
     p.add_argument("--config", default=None, help="JSON file of config keys (or a results.json to rerun)")
     p.add_argument("--out", default=None, help="output folder [runs/<set>-<preset>-<time>]")
-    p.add_argument("--name", default="", help="name of the set in tables [folder name]")
+    p.add_argument("--name", default="", help="name of the set in tables, one per set when --distilled lists "
+                                              "several (comma-separated) [folder name]")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--demo", action="store_true", help="run the embedded demo (same as no arguments)")
@@ -102,13 +128,34 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         run_demo(out=Path(args.out or "runs/demo"), progress=not args.no_progress)
         return 0
     cfg = config_from_args(args)
-    name = args.name or Path(cfg.distilled or "set").name
-    out = Path(args.out or f"runs/{name}-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    record = evaluate_distilled(cfg, out, name=name, progress=not args.no_progress)
+    paths = [p for p in (cfg.distilled or "").split(",") if p] or [None]
+    names = _set_names(paths, args.name)
+    stamp = f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if len(paths) == 1:
+        outs = {names[0]: Path(args.out or f"runs/{names[0]}-{stamp}")}
+    else:  # one folder per set under --out
+        root = Path(args.out or f"runs/{len(paths)}sets-{stamp}")
+        outs = {n: root / n for n in names}
+    records = evaluate_sets(cfg, dict(zip(names, paths)), outs, progress=not args.no_progress)
     print()
-    print(format_table([table_row(record)]))
-    print(f"\nresults: {out / 'results.json'}  curves: {out / 'curves.png'}")
+    print(format_table([table_row(r) for r in records]))
+    for name, out in outs.items():
+        print(f"results: {out / 'results.json'}  curves: {out / 'curves.png'}")
     return 0
+
+
+def _set_names(paths: list[str | None], given: str) -> list[str]:
+    """Table names: --name (one per set, comma-separated) or the folder names, made unique."""
+    names = [n for n in given.split(",") if n] if given else [Path(p or "set").name for p in paths]
+    if len(names) != len(paths):
+        raise RD3Error(f"--name: {len(names)} name(s) for {len(paths)} distilled set(s); give one per set, "
+                       "comma-separated")
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return unique
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from .aug import AugParams, AugSpec, eval_normalize
 from .cache import SoftLabelCache
 from .config import Config, lr_factor
+from .data import ImageSet
+from .errors import RD3Error
 from .experiment import Experiment
 from .graph import GraphedStep, graph_unavailable_reason
 from .loader import ResidentLoader
@@ -140,13 +142,20 @@ class Engine:
     step: Callable[[list, list, list], torch.Tensor]  # (idx, params, cached per seed) -> losses (K,)
 
 
-def build_engine(exp: Experiment, seeds: Sequence[int]) -> Engine:
-    """Loaders, students (initialized from their seeds), optimizer, EMA and the capturable step."""
+def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None) -> Engine:
+    """Loaders, students (initialized from their seeds), optimizer, EMA and the capturable step. Run j
+    trains on ``sets[j]`` (default: every run on ``exp.train``)."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
+    sets = list(sets) if sets is not None else [exp.train] * k
+    if len(sets) != k:
+        raise ValueError(f"{k} seeds but {len(sets)} training sets: one set per run")
+    if cfg.cache_mode != "off" and any(s is not sets[0] for s in sets):
+        raise RD3Error("--cache: a soft-label cache belongs to one distilled set; train several sets without it")
+    check_side_by_side(sets)
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
-    loaders = [ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=s, device=dev,
+    loaders = [ResidentLoader(st.images, st.labels, spec, cfg.batch_size, seed=s, device=dev,
                               drop_last=cfg.drop_last, backend=cfg.aug_backend,
-                              channels_last=dev.type == "cuda" and k == 1) for s in seeds]
+                              channels_last=dev.type == "cuda" and k == 1) for s, st in zip(seeds, sets)]
     models = []
     for s in seeds:
         torch.manual_seed(s)  # the student's initialization depends on its seed only
@@ -194,13 +203,22 @@ def build_engine(exp: Experiment, seeds: Sequence[int]) -> Engine:
     return Engine(loaders, students, optimizer, ema, cache, no_graph, step)
 
 
-def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
-                desc: str = "") -> list[tuple[RunResult, nn.Module]]:
-    """Train one student per seed, all at once (one module, one teacher pass per step)."""
+def check_side_by_side(sets: Sequence[ImageSet]) -> None:
+    """Runs trained at once step in lockstep, their batches stacked: every set needs as many images."""
+    sizes = {st.source: len(st.images) for st in sets}
+    if len(set(sizes.values())) > 1:
+        raise RD3Error("sets trained at once must have the same number of images (one IPC), got "
+                       + ", ".join(f"{src}: {n}" for src, n in sizes.items()) + "; evaluate them separately")
+
+
+def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, desc: str = "",
+                sets: Sequence[ImageSet] | None = None) -> list[tuple[RunResult, nn.Module]]:
+    """Train one student per seed, all at once (one module, one teacher pass per step); with ``sets``, run j
+    trains on sets[j] (several distilled sets of one size side by side) instead of exp.train."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes every step, as the reference scripts set it
-    eng = build_engine(exp, seeds)
+    eng = build_engine(exp, seeds, sets)
     val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
     graphed = eng.no_graph is None
     run_step: Callable = GraphedStep(eng.step, eng.optimizer) if graphed else _eager(eng.step, eng.optimizer)
@@ -233,12 +251,13 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True,
         else:
             bar.set_postfix(loss=f"{epoch_loss[0]:.3f}")
     train_time = time.perf_counter() - start
-    per_epoch = len(eng.loaders[0]) * cfg.batch_size if cfg.drop_last else len(exp.train.images)
     final = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
     out = []
     for j, r in enumerate(results):
         r.train_time_s = train_time
-        r.images_per_s = cfg.epochs * per_epoch / max(train_time, 1e-9)  # per seed; K seeds ran at once
+        ld = eng.loaders[j]
+        per_epoch = len(ld) * cfg.batch_size if cfg.drop_last else len(ld.images)
+        r.images_per_s = cfg.epochs * per_epoch / max(train_time, 1e-9)  # per run; K runs went at once
         out.append((r, final.model(j) if k == 1 else copy.deepcopy(final.model(j))))
     if graphed:
         for r in results:

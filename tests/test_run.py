@@ -106,6 +106,51 @@ def test_hybrid_teachers_mse_gt_ema_and_rded_forward(work, tmp_path):
     assert int(model.features[1].num_batches_tracked) == 2
 
 
+def test_several_sets_side_by_side_equal_one_by_one(work, tmp_path, capsys):
+    """Two distilled sets x two seeds as four students trained at once (one teacher pass per step): each
+    run follows the trajectory of evaluating that set alone, and each set gets its own results folder."""
+    root, teacher, syn = work
+    other = tmp_path / "random_ipc5_seed7"
+    assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "5", "--seed", "7",
+                         "--out", str(other)]) == 0
+    together = tmp_path / "together"
+    assert run.main(eval_args(teacher, f"{syn},{other}", together, "--seeds", "0,1", "--parallel-seeds", "4")) == 0
+    printed = capsys.readouterr().out
+    assert "| random_ipc5 | rd3-small |" in printed and "| random_ipc5_seed7 | rd3-small |" in printed
+    for name, path in (("random_ipc5", syn), ("random_ipc5_seed7", other)):
+        alone = tmp_path / f"alone-{name}"
+        assert run.main(eval_args(teacher, path, alone, "--seeds", "0,1")) == 0
+        a = json.loads((alone / "results.json").read_text())
+        t = json.loads((together / name / "results.json").read_text())
+        assert t["name"] == name and t["config"]["distilled"] == str(path) and (together / name / "curves.png").is_file()
+        for ra, rt in zip(a["runs"], t["runs"], strict=True):
+            assert ra["seed"] == rt["seed"]
+            for ea, et in zip(ra["epochs"], rt["epochs"], strict=True):
+                assert abs(ea["loss"] - et["loss"]) <= 1e-4 * max(1.0, abs(ea["loss"]))
+            assert abs(ra["last_top1"] - rt["last_top1"]) <= 1.0  # argmax ties may flip over 1e-5 logit noise
+    # the two sets really were different inputs
+    t0, t1 = (json.loads((together / n / "results.json").read_text()) for n in ("random_ipc5", "random_ipc5_seed7"))
+    assert t0["runs"][0]["epochs"][0]["loss"] != t1["runs"][0]["epochs"][0]["loss"]
+
+
+def test_several_sets_bad_input(work, tmp_path, capsys):
+    root, teacher, syn = work
+    small = tmp_path / "ipc3"
+    assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "3", "--out", str(small)]) == 0
+    nine = tmp_path / "nine"
+    shutil.copytree(syn, nine)
+    shutil.rmtree(nine / "00009")
+    cases = [([f"{syn},{small}", "--parallel-seeds", "2"], "must have the same number of images"),
+             ([f"{syn},{nine}"], "9 classes but 10 were expected"),
+             ([f"{syn},{small}", "--name", "only-one"], "--name: 1 name(s) for 2 distilled set(s)")]
+    for sets, message in cases:
+        out = tmp_path / "out"
+        assert run.main(eval_args(teacher, sets[0], out, *sets[1:])) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
+
+
 BAD = {
     "corrupt image": (lambda d, t: (d / "00003" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really"),
                       [], "broken.png"),
