@@ -95,9 +95,9 @@ class AugParams:
 
     def to_with(self, device: torch.device | str, *extra: torch.Tensor) -> tuple["AugParams", list[torch.Tensor]]:
         """These params and ``extra`` tensors (e.g. the batch indices) on ``device``, in one host copy."""
-        names = list(self.tensors())
-        moved = to_device([*self.tensors().values(), *extra], device)
-        return AugParams(mix=self.mix, **dict(zip(names, moved))), moved[len(names):]
+        fields = self.tensors()
+        moved = to_device([*fields.values(), *extra], device)
+        return AugParams(mix=self.mix, **dict(zip(fields, moved))), moved[len(fields):]
 
 
 # ---------------------------------------------------------------------------------------------------

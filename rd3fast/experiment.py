@@ -55,8 +55,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     if train_set is None:
         if cfg.distilled is None:
             raise RD3Error("--distilled: which distilled set to evaluate? (an ImageFolder, .pt, .npz)")
-        train_set = data.load_distilled(cfg.distilled, class_map=cfg.class_map, load_size=cfg.load_size,
-                                        mean=mean, std=std)
+        train_set = _read_distilled(cfg, cfg.distilled, mean, std)
     size = cfg.image_size or (info.image_size if info else train_set.image_size[0])
     ratio = cfg.val_resize_ratio or (info.val_resize_ratio if info else 0.875)
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
@@ -78,8 +77,8 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
                                   logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
         data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)
-    val = ImageSet(data.expand_channels(val.images, 3), val.labels, val.classes, val.source)
-    return Experiment(cfg=cfg, train=_three_channels(train_set), val=val, relabeler=relabeler, device=device)
+    return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
+                      device=device)
 
 
 def load_more_sets(exp: Experiment, paths: Sequence[str]) -> list[ImageSet]:
@@ -87,11 +86,15 @@ def load_more_sets(exp: Experiment, paths: Sequence[str]) -> list[ImageSet]:
     with the same class map and load size, checked to have the same classes."""
     cfg, more = exp.cfg, []
     for path in paths:
-        s = data.load_distilled(path, class_map=cfg.class_map, load_size=cfg.load_size, mean=cfg.mean, std=cfg.std)
+        s = _read_distilled(cfg, path, cfg.mean, cfg.std)
         data.check_num_classes(f"training set {s.source}", s.num_classes, cfg.num_classes,
                                f"to match the {cfg.num_classes} classes of {exp.train.source}")
         more.append(_three_channels(s))
     return more
+
+
+def _read_distilled(cfg: Config, path: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageSet:
+    return data.load_distilled(path, class_map=cfg.class_map, load_size=cfg.load_size, mean=mean, std=std)
 
 
 def _three_channels(s: ImageSet) -> ImageSet:

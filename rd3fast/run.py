@@ -65,9 +65,9 @@ def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path
                               sets=[data[n] for n, _ in group])
         for (name, _), (result, _) in zip(group, results):
             records[name]["runs"].append(result.summary())
+        for name in dict.fromkeys(n for n, _ in group):
             records[name]["summary"] = aggregate(records[name]["runs"])
-        if outs is not None:  # after every group: an interrupted run keeps the finished seeds
-            for name in {n for n, _ in group}:
+            if outs is not None:  # after every group: an interrupted run keeps the finished seeds
                 write_json(outs[name] / "results.json", records[name])
     if outs is not None:
         for name, record in records.items():
