@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rd3fast.config import resolve  # noqa: E402
 from rd3fast.data import BUILTIN, load_real  # noqa: E402
 from rd3fast.distill import random_real, rded_select, write_image_folder  # noqa: E402
+from rd3fast.evaluate import evaluate_distilled, table_row  # noqa: E402
 from rd3fast.experiment import pick_device  # noqa: E402
 from rd3fast.pretrain import pretrain  # noqa: E402
 from rd3fast.results import format_table, write_json  # noqa: E402
-from rd3fast.run import evaluate_distilled, table_row  # noqa: E402
 from rd3fast.teacher import load_teachers  # noqa: E402
 
 QUICK = dict(teacher="convnet-d3-w32", teacher_epochs=3, student="convnet-d3-w16", epochs=0, image_budget=20_000,

@@ -2,8 +2,13 @@
 
 SRe2L/FKD store, for every image of every epoch, the crop coordinates and the full fp16 logits: 1000
 classes x 2 bytes = 2 kB per image per epoch (28 GB at ImageNet-1K IPC50, 300 epochs). rd3fast stores
-what *made* each batch instead — the augmentation parameters, a few bytes per image — plus the top-k
-teacher logits in fp16 and the mean of the remaining logits (or the full logits with ``topk=0``):
+what *made* each batch instead — the augmentation parameters, a few bytes per image — plus the teacher's
+logits: all of them (``topk=0``), or the top k and the mean of the rest, as fp16 (``bits=16``) or as
+8-bit codes with a per-image offset and step (``bits=8``, half the bytes, lossy). ``resolve_topk`` picks
+the default: all logits up to ``LOSSLESS_CLASSES`` classes, where the top-k encoding saves little or
+nothing (10 classes: 20 B all, 22 B top-5), top-5 above (1000 classes: 2 kB all, 17 B top-5). A top-k
+replay is not the recording run's training: on Fashion-MNIST IPC 10 it cost about a point of top-1
+(benchmarks/RESULTS.md, "soft-label cache"). Every replay says in its results what it replayed.
 
     per image per epoch: index (2-4 B) + crop box (4 x int16) + flip (1 B) + PatchShuffle orders as
     permutation ranks (2 x 1-2 B) + mixing partner (1-2 B) + top-k values (fp16) and classes (int16)
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +33,25 @@ import torch
 from .atomic import atomic_write
 from .aug import AugParams
 from .errors import RD3Error
+
+
+LOSSLESS_CLASSES = 100  # up to this many classes the default keeps every logit
+TOPK_ABOVE = 5  # ... and above it, the top 5 (+ the mean of the rest)
+META_KEYS = ("topk", "num_images", "batch_size", "num_classes", "shuffle_factor", "fingerprint", "epochs")
+EPOCH_KEYS = ("idx", "boxes", "flip", "partner", "mix_box", "lam", "values", "sizes")  # + row/col_rank, classes
+
+
+def resolve_topk(topk: int, num_classes: int) -> int:
+    """--cache-topk: -1 (auto) -> 0 (all logits) up to LOSSLESS_CLASSES classes, else TOPK_ABOVE; a k that
+    keeps every class is 0 too."""
+    if topk < 0:
+        topk = 0 if num_classes <= LOSSLESS_CLASSES else TOPK_ABOVE
+    return 0 if topk >= num_classes else topk
+
+
+def describe_compression(topk: int, bits: int) -> str:
+    what = "all logits" if topk == 0 else f"top-{topk} logits + the mean of the rest"
+    return f"{what}, {'fp16' if bits == 16 else '8-bit codes'}" + ("" if topk == 0 and bits == 16 else " (lossy)")
 
 
 def _uint(n: int) -> type:
@@ -53,15 +79,21 @@ class PermCodec:
 class SoftLabelCache:
     """``record`` mode: ``add`` each step, ``end_epoch`` writes the epoch. ``replay`` mode: ``epoch``."""
 
-    def __init__(self, path: str | Path, mode: str, *, topk: int = 5, num_images: int = 0, batch_size: int = 0,
-                 num_classes: int = 0, shuffle_factor: int = 1, fingerprint: str = "") -> None:
+    def __init__(self, path: str | Path, mode: str, *, topk: int = -1, bits: int = 16, num_images: int = 0,
+                 batch_size: int = 0, num_classes: int = 0, shuffle_factor: int = 1, fingerprint: str = "") -> None:
+        if bits not in (8, 16):
+            raise RD3Error(f"--cache-bits: expected 8 or 16, got {bits}")
         self.path, self.mode = Path(path), mode
         meta_file = self.path / "meta.json"
+        if self.path.exists() and not self.path.is_dir():
+            raise RD3Error(f"--cache {self.path} is a file; expected a folder for the soft-label cache")
         if mode == "replay":
             if not meta_file.is_file():
                 raise RD3Error(f"--cache {self.path}: no recorded soft-label cache here (meta.json missing); "
                                f"record one with --cache-mode record")
-            self.meta = json.loads(meta_file.read_text())
+            self.meta = _read_meta(meta_file)
+            for epoch in self.meta["epochs"]:
+                _epoch_file(self.path, epoch)
             if num_classes and self.meta["num_classes"] != num_classes:
                 raise RD3Error(f"--cache {self.path} holds {self.meta['num_classes']}-class soft labels but the "
                                f"data has {num_classes} classes")
@@ -71,7 +103,11 @@ class SoftLabelCache:
         else:
             if self.path.exists() and any(self.path.iterdir()):
                 raise RD3Error(f"--cache {self.path} exists and is not empty; choose a new folder to record into")
-            self.meta = {"version": 1, "topk": topk, "num_images": num_images, "batch_size": batch_size,
+            # Checked now, not when the first epoch's labels are written after it has been trained.
+            nearest = next(p for p in (self.path, *self.path.parents) if p.exists())
+            if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+                raise RD3Error(f"--cache {self.path}: cannot create it ({nearest} is not a writable folder)")
+            self.meta = {"version": 1, "topk": resolve_topk(topk, num_classes), "bits": bits, "num_images": num_images, "batch_size": batch_size,
                          "num_classes": num_classes, "shuffle_factor": shuffle_factor, "fingerprint": fingerprint,
                          "epochs": []}
         f = self.meta["shuffle_factor"]
@@ -85,17 +121,17 @@ class SoftLabelCache:
         if k:
             top = logits.float().topk(min(k, logits.shape[1]), dim=1)
             tail = (logits.float().sum(1) - top.values.sum(1)) / max(logits.shape[1] - top.values.shape[1], 1)
-            stored = torch.cat([top.values, tail[:, None]], 1).half(), top.indices.short()
+            values, classes = torch.cat([top.values, tail[:, None]], 1), top.indices.short()
         else:
-            stored = logits.half(), None
-        self._steps.append((idx, params, stored))
+            values, classes = logits.float(), None
+        self._steps.append((idx, params, (*_encode(values, self.meta.get("bits", 16)), classes)))
 
     def end_epoch(self, epoch: int) -> None:
         n_cls, bsz = self.meta["num_classes"], self.meta["batch_size"]
         cols: dict[str, list[np.ndarray]] = {k: [] for k in (
-            "idx", "boxes", "flip", "row_rank", "col_rank", "partner", "mix_box", "lam", "values", "classes",
-            "sizes")}
-        for idx, p, (values, classes) in self._steps:
+            "idx", "boxes", "flip", "row_rank", "col_rank", "partner", "mix_box", "lam", "values", "qparams",
+            "classes", "sizes")}
+        for idx, p, (values, qparams, classes) in self._steps:
             cols["idx"].append(idx.cpu().numpy().astype(_uint(self.meta["num_images"])))
             cols["boxes"].append(p.boxes.cpu().numpy().astype(np.int16))
             cols["flip"].append(p.flip.cpu().numpy().astype(np.uint8))
@@ -106,12 +142,13 @@ class SoftLabelCache:
             cols["mix_box"].append(p.mix_box.cpu().numpy().astype(np.int16)[None])
             cols["lam"].append(p.lam.cpu().numpy().astype(np.float32).reshape(1))
             cols["values"].append(values.cpu().numpy())
+            if qparams is not None:
+                cols["qparams"].append(qparams.cpu().numpy())
             if classes is not None:
                 cols["classes"].append(classes.cpu().numpy().astype(_uint(n_cls)))
             cols["sizes"].append(np.array([len(idx)], dtype=np.int32))
         arrays = {k: np.concatenate(v) for k, v in cols.items() if v}
-        self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_npz(self.path / f"epoch_{epoch:05d}.npz", arrays)
+        _atomic_npz(self.path / f"epoch_{epoch:05d}.npz", arrays)  # atomic_write creates the folder
         self.meta["epochs"].append(epoch)
         self.meta["mix"] = self._steps[0][1].mix if self._steps else "none"
         _atomic_text(self.path / "meta.json", json.dumps(self.meta, indent=1))
@@ -124,11 +161,9 @@ class SoftLabelCache:
         if not recorded:
             raise RD3Error(f"--cache {self.path}: no epoch was recorded")
         # A cache of E epochs serves longer runs by cycling (as LPLD re-draws stored batches).
-        file = self.path / f"epoch_{recorded[epoch % len(recorded)]:05d}.npz"
-        try:
-            z = dict(np.load(file))
-        except (OSError, ValueError) as e:
-            raise RD3Error(f"soft-label cache file {file} is unreadable ({e})") from None
+        file = _epoch_file(self.path, recorded[epoch % len(recorded)])
+        bits = self.meta.get("bits", 16)
+        z = _read_epoch(file, ranks=self.codec is not None, top_k=bool(self.meta["topk"]), coded=bits == 8)
         n_cls, start = self.meta["num_classes"], 0
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         for step, size in enumerate(z["sizes"].tolist()):
@@ -144,14 +179,21 @@ class SoftLabelCache:
             extra = [as_t(z["idx"][sl]).long(), as_t(z["values"][sl])]
             if top_k:
                 extra.append(as_t(z["classes"][sl]).long())
+            if bits == 8:
+                extra.append(as_t(z["qparams"][sl]))
             params, moved = params.to_with(device, *extra)  # one host-to-device copy per step
-            idx, values = moved[0], moved[1].float()
+            idx, values = moved[0], _decode(moved[1], moved[-1] if bits == 8 else None)
             if top_k:  # the rest of the classes get the mean of the remaining logits
                 soft = values[:, -1:].expand(size, n_cls).clone()
                 soft.scatter_(1, moved[2], values[:, :-1])
             else:
                 soft = values
             yield idx, params, soft
+
+    def describe(self) -> str:
+        """What this cache holds, for the results of the runs that replay it."""
+        return (f"soft-label cache {self.path} replayed: {describe_compression(self.meta['topk'], self.meta.get('bits', 16))}"
+                f", {len(self.meta['epochs'])} recorded epoch(s)")
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.glob("*") if f.is_file())
@@ -161,11 +203,94 @@ class SoftLabelCache:
         return len(self.meta["epochs"]) * self.meta["num_images"] * (2 * self.meta["num_classes"] + 4 * 4 + 1)
 
 
+def _record_again(folder: Path) -> str:
+    """What to do about a damaged cache: recording needs an empty folder, so the whole folder goes."""
+    return f"delete the folder {folder} and record it again (--cache-mode record)"
+
+
+def _read_meta(file: Path) -> dict[str, Any]:
+    """meta.json of a recorded cache, with every key replay reads; anything else is one RD3Error."""
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise RD3Error(f"soft-label cache {file} is unreadable ({e}); {_record_again(file.parent)}") from None
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing or not isinstance(meta["epochs"], list) or not all(isinstance(e, int) for e in meta["epochs"]):
+        raise RD3Error(f"soft-label cache {file} is incomplete (missing or bad {', '.join(missing) or 'epochs'}); "
+                       f"{_record_again(file.parent)}")
+    return meta
+
+
+def _unreadable(file: Path, e: Exception) -> RD3Error:
+    return RD3Error(f"soft-label cache file {file} is unreadable or truncated ({e}); {_record_again(file.parent)}")
+
+
+def _epoch_file(folder: Path, epoch: int) -> Path:
+    """The recorded epoch's file, checked to exist and to end in a zip directory (a truncated copy does not;
+    only the file's tail is read). Replay checks every epoch so when it opens the cache, not epochs into a run."""
+    file = folder / f"epoch_{epoch:05d}.npz"
+    if not file.is_file():
+        raise RD3Error(f"soft-label cache file {file} is missing (meta.json lists its epoch); {_record_again(file.parent)}")
+    try:
+        zipfile.ZipFile(file).close()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise _unreadable(file, e) from None
+    return file
+
+
+def _encode(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp16 values, or (bits 8) per-row uint8 codes and their fp16 (offset, step): value ~ offset + code * step."""
+    if bits == 16:
+        return values.half(), None
+    lo, hi = values.amin(1, keepdim=True), values.amax(1, keepdim=True)
+    step = ((hi - lo) / 255).clamp_min(1e-8)
+    codes = ((values - lo) / step).round_().clamp_(0, 255).to(torch.uint8)
+    return codes, torch.cat([lo, step], 1).half()
+
+
+def _decode(values: torch.Tensor, qparams: torch.Tensor | None) -> torch.Tensor:
+    if qparams is None:
+        return values.float()
+    q = qparams.float()
+    return q[:, :1] + values.float() * q[:, 1:]
+
+
+def _read_epoch(file: Path, *, ranks: bool, top_k: bool, coded: bool = False) -> dict[str, np.ndarray]:
+    """One recorded epoch's arrays, checked to hold every column and to add up; else one RD3Error."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            z = {k: npz[k] for k in npz.files}  # reads every array now, so a corrupt member fails here
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable(file, e) from None
+    needed = (EPOCH_KEYS + (("row_rank", "col_rank") if ranks else ()) + (("classes",) if top_k else ())
+              + (("qparams",) if coded else ()))
+    missing = [k for k in needed if k not in z]
+    if missing:
+        raise RD3Error(f"soft-label cache file {file} lacks {', '.join(missing)}; {_record_again(file.parent)}")
+    length = {k: a.shape[0] if a.ndim else -1 for k, a in z.items()}
+    rows, steps = int(z["sizes"].sum()), length["sizes"]
+    if (any(length[k] != rows for k in ("idx", "boxes", "flip", "partner", "values"))
+            or any(length[k] != steps for k in ("lam", "mix_box"))):
+        raise RD3Error(f"soft-label cache file {file} is inconsistent (its columns disagree in length); "
+                       f"{_record_again(file.parent)}")
+    return z
+
+
+def _written(path: Path, write: Any) -> None:
+    """``write(tmp)`` into ``path`` atomically; a failure (a full disk) is one RD3Error naming the file."""
+    try:
+        with atomic_write(path) as tmp:
+            write(tmp)
+    except OSError as e:
+        raise RD3Error(f"cannot write soft-label cache file {path}: {e.strerror or e}") from None
+
+
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)  # uncompressed: the arrays are already small integer types
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # uncompressed: the arrays are already small integer types
+    _written(path, write)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
+    _written(path, lambda tmp: tmp.write_text(text))

@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 import json
 import math
+import numbers
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import RD3Error
 
@@ -57,6 +58,9 @@ class Config:
     student: str = "resnet18"  # student architecture (torchvision/timm name, *-cifar stem, convnet-dN)
     teacher: tuple[str, ...] = ("resnet18",)  # teacher architecture(s); several = hybrid soft labels
     teacher_weights: tuple[str, ...] = ()  # one weights file per teacher (state_dict or checkpoint)
+    # normalization each teacher was trained with (plain state_dicts); (): from the weights file, else the run's
+    teacher_mean: tuple[float, ...] = ()  # teachers' normalization mean; (): the weights file's, else the run's
+    teacher_std: tuple[float, ...] = ()  # teachers' normalization std; (): the weights file's, else the run's
     # --- optimization -----------------------------------------------------------------------------
     epochs: int = 400
     batch_size: int = 50
@@ -128,39 +132,58 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Seeds are in [0, 2**32): numpy's seeding takes 32 bits, and the loaders' per-epoch seeds
+# (seed * 1_000_003 + epoch) must fit torch's 64-bit generator seed.
+SEED_LIMIT = 2**32
+# Counts and sizes above this are typos, and torch overflows on some of them.
+INT_LIMIT = 2**31 - 1
+# The lowest value of each integer field (all are counts or sizes; 0 means "unset" where documented).
+_INT_AT_LEAST = {1: ("epochs", "batch_size", "patch_shuffle", "eval_every", "eval_batch_size", "step_size",
+                     "parallel_seeds"),
+                 0: ("num_classes", "image_size", "load_size", "warmup_epochs", "crop_padding", "cache_topk")}
+
+
 def validate(cfg: Config) -> None:
-    """Range and choice checks; the message names the flag and what it expects."""
+    """Range and choice checks; the message names the flag and what it expects. Every numeric field has
+    one, so a bad value fails here, not as a traceback (or a silent NaN) after training started."""
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise RD3Error(f"{flag(name)}: expected one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
-    positive = ("epochs", "batch_size", "patch_shuffle", "eval_every", "eval_batch_size", "step_size",
-                "parallel_seeds")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise RD3Error(f"{flag(name)}: expected an integer >= 1, got {getattr(cfg, name)}")
-    for name in ("num_classes", "image_size", "load_size", "warmup_epochs", "crop_padding", "cache_topk"):
-        if getattr(cfg, name) < 0:
-            raise RD3Error(f"{flag(name)}: expected an integer >= 0, got {getattr(cfg, name)}")
+    _finite(cfg)
+    for lo, names in _INT_AT_LEAST.items():
+        for name in names:
+            v = getattr(cfg, name)
+            if v < lo:
+                raise RD3Error(f"{flag(name)}: expected an integer >= {lo}, got {v}")
+            if v > INT_LIMIT:
+                raise RD3Error(f"{flag(name)}: {v} is too large (at most {INT_LIMIT})")
     for name in ("flip_p", "mix_prob", "eval_after", "ema_decay"):
-        v = getattr(cfg, name)
-        if not 0.0 <= v <= 1.0:
-            raise RD3Error(f"{flag(name)}: expected a value in [0, 1], got {v}")
-    for name in ("lr", "temperature", "zeta", "cutmix_beta", "mixup_alpha"):
-        if not getattr(cfg, name) > 0:
-            raise RD3Error(f"{flag(name)}: expected a value > 0, got {getattr(cfg, name)}")
-    if cfg.weight_decay < 0 or cfg.ce_weight < 0 or cfg.val_resize_ratio < 0 or cfg.val_resize_ratio > 1:
-        raise RD3Error("--weight-decay and --ce-weight must be >= 0, --val-resize-ratio in (0, 1]")
+        _check(cfg, name, lambda v: 0.0 <= v <= 1.0, "a value in [0, 1]")
+    for name in ("lr", "temperature", "zeta", "cutmix_beta", "mixup_alpha", "gamma"):
+        _check(cfg, name, lambda v: v > 0, "a value > 0")
+    for name in ("weight_decay", "ce_weight"):
+        _check(cfg, name, lambda v: v >= 0, "a value >= 0")
+    _check(cfg, "momentum", lambda v: 0.0 <= v < 1.0, "a value in [0, 1)")
+    _check(cfg, "val_resize_ratio", lambda v: 0.0 <= v <= 1.0,
+           "a value in (0, 1] (the crop over the resized shorter side), or 0 for the dataset's")
     lo, hi = _pair(cfg.rrc_scale, "rrc_scale")
     if not 0 < lo <= hi <= 1:
         raise RD3Error(f"--rrc-scale: expected 0 < min <= max <= 1, got {lo},{hi}")
     lo, hi = _pair(cfg.rrc_ratio, "rrc_ratio")
     if not 0 < lo <= hi:
         raise RD3Error(f"--rrc-ratio: expected 0 < min <= max, got {lo},{hi}")
-    _pair(cfg.betas, "betas")
-    if len(cfg.mean) not in (0, 1, 3) or len(cfg.std) not in (0, 1, 3) or any(s <= 0 for s in cfg.std):
-        raise RD3Error("--mean/--std: expected 1 or 3 values (std > 0)")
-    if not cfg.seeds:
-        raise RD3Error("--seeds: expected at least one seed, e.g. --seeds 0,1,2")
+    if not all(0.0 <= b < 1.0 for b in _pair(cfg.betas, "betas")):
+        raise RD3Error(f"--betas: expected two values in [0, 1), got {','.join(map(str, cfg.betas))}")
+    for name in ("mean", "std"):
+        if len(getattr(cfg, name)) not in (0, 1, 3):
+            raise RD3Error(f"{flag(name)}: expected 1 or 3 comma-separated values (one per channel), got "
+                           f"{','.join(map(str, getattr(cfg, name)))}")
+    for name in ("std", "teacher_std"):
+        if any(s <= 0 for s in getattr(cfg, name)):
+            raise RD3Error(f"{flag(name)}: expected values > 0, got {','.join(map(str, getattr(cfg, name)))}")
+    _check_seeds(cfg.seeds)
+    if any(m < 1 for m in cfg.milestones) or list(cfg.milestones) != sorted(set(cfg.milestones)):
+        raise RD3Error(f"--milestones: expected increasing epochs >= 1, got {','.join(map(str, cfg.milestones))}")
     if cfg.loss != "ce" and not cfg.teacher:
         raise RD3Error(f"--teacher: loss {cfg.loss!r} needs at least one teacher")
     if cfg.teacher_weights and len(cfg.teacher_weights) != len(cfg.teacher):
@@ -172,6 +195,31 @@ def validate(cfg: Config) -> None:
         raise RD3Error(f"--cache-mode {cfg.cache_mode}: needs --cache FOLDER")
     if cfg.sched == "multistep" and not cfg.milestones:
         raise RD3Error("--milestones: sched=multistep needs milestones, e.g. --milestones 100,200")
+
+
+def _check(cfg: Config, name: str, ok: Callable[[float], bool], expected: str) -> None:
+    if not ok(getattr(cfg, name)):
+        raise RD3Error(f"{flag(name)}: expected {expected}, got {getattr(cfg, name)}")
+
+
+def _finite(cfg: Config) -> None:
+    """No float field may be NaN or inf: a library caller's Config(lr=float('nan')) bypasses ``coerce``."""
+    for name in FIELD_NAMES:
+        kind, typ = _kind(name)
+        v = getattr(cfg, name)
+        if typ is float and v is not None and not all(math.isfinite(x) for x in (v if kind == "tuple" else (v,))):
+            raise RD3Error(f"{flag(name)}: expected finite numbers, got {v}")
+
+
+def _check_seeds(seeds: tuple[int, ...]) -> None:
+    if not seeds:
+        raise RD3Error("--seeds: expected at least one seed, e.g. --seeds 0,1,2")
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise RD3Error(f"--seeds: expected integers in [0, 2**32), got {bad[0]}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:  # the same seed twice is the same run twice: one result counted double in mean +- std
+        raise RD3Error(f"--seeds: seed {twice[0]} is given more than once; each seed is one run")
 
 
 def _pair(v: tuple, name: str) -> tuple:
@@ -287,7 +335,11 @@ def _kind(name: str) -> tuple[str, type]:
     return "scalar", hint
 
 
-def _scalar(name: str, typ: type, raw: Any) -> Any:
+def _scalar(typ: type, raw: Any, label: str) -> Any:
+    # Flags give strings; JSON gives typed values, and a value of the wrong JSON type is an error rather than
+    # converted: true for an epoch count is not 1, 1.5 or 1e30 for a seed is not an integer, 5 for a path is
+    # no path. Floats must be finite: inf passes every range check without an upper bound, NaN every check
+    # written as a negation, and either poisons the training silently.
     try:
         if typ is bool:
             if isinstance(raw, bool):
@@ -298,44 +350,66 @@ def _scalar(name: str, typ: type, raw: Any) -> Any:
             if s in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if isinstance(raw, bool):
+            raise ValueError
         if typ is int:
-            if isinstance(raw, float) and not raw.is_integer():
+            if isinstance(raw, numbers.Integral):
+                return int(raw)
+            if not isinstance(raw, str):
                 raise ValueError
-            return int(str(raw)) if not isinstance(raw, (int, float)) else int(raw)
-        if typ is float:
-            return _float(raw)
-        return str(raw)
-    except ValueError:
-        raise RD3Error(f"{flag(name)}: expected {typ.__name__}, got {raw!r}") from None
+            return int(raw.strip())
+        if typ is not float:
+            if not isinstance(raw, str):
+                raise ValueError
+            return raw
+        value = _float(raw)
+    except (ValueError, TypeError, ZeroDivisionError):
+        raise RD3Error(f"{label}: expected {typ.__name__}, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise RD3Error(f"{label}: expected a finite number, got {raw!r}")
+    return value
 
 
 def _float(raw: Any) -> float:
     if isinstance(raw, str) and "/" in raw:  # "3/4" is how ratios are written in papers
         num, den = raw.split("/", 1)
         return float(num) / float(den)
+    if not isinstance(raw, (str, numbers.Real)):
+        raise TypeError
     return float(raw)
 
 
-def coerce(name: str, raw: Any) -> Any:
-    """Turn a JSON value or a flag string into the field's type (tuples from lists or 'a,b,c')."""
+def coerce(name: str, raw: Any, label: str | None = None) -> Any:
+    """Turn a JSON value or a flag string into the field's type (tuples from lists or 'a,b,c'). ``label``
+    names the value in errors (default: its flag)."""
     if name not in _HINTS:
         raise RD3Error(f"unknown config key {name!r}; see `python -m rd3fast.run --help`")
+    label = label or flag(name)
     kind, typ = _kind(name)
     if kind == "tuple":
-        items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip() != ""]
-        return tuple(_scalar(name, typ, x.strip() if isinstance(x, str) else x) for x in items)
+        if isinstance(raw, (list, tuple)):
+            items = list(raw)
+        elif isinstance(raw, str):
+            items = [s for s in raw.split(",") if s.strip() != ""]
+        else:  # one JSON value ("seeds": 3): checked as what it is, not as its str()
+            items = [raw]
+        return tuple(_scalar(typ, x.strip() if isinstance(x, str) else x, label) for x in items)
     if kind == "optional":
-        return None if raw is None or raw == "" else _scalar(name, typ, raw)
-    return _scalar(name, typ, raw)
+        return None if raw is None or raw == "" else _scalar(typ, raw, label)
+    return _scalar(typ, raw, label)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Keys of a JSON config file (or a results JSON's "config"); unknown keys are errors."""
     p = Path(path)
+    if p.is_dir():
+        raise RD3Error(f"--config: {p} is a folder; expected a JSON file")
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise RD3Error(f"--config: file {p} does not exist") from None
+    except OSError as e:
+        raise RD3Error(f"--config: cannot read {p} ({e.strerror or type(e).__name__})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RD3Error(f"--config: {p} is not valid JSON ({e})") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
@@ -347,7 +421,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         key = k.replace("-", "_")
         if key not in _HINTS:
             raise RD3Error(f"--config: unknown key {k!r} in {p}")
-        out[key] = coerce(key, v)
+        out[key] = coerce(key, v, label=f"--config {p}: key {k!r}")
     return out
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from .config import resolve
 from .data import BUILTIN, load_real
 from .distill import random_real, rded_select, write_image_folder
+from .evaluate import evaluate_distilled, table_row
 from .experiment import pick_device
 from .pretrain import pretrain
 from .results import format_table, plot_curves, write_json
-from .run import evaluate_distilled, table_row
 from .teacher import load_teachers
 
 DEMO_EPOCHS = 200  # the presets say 300-400; shortened for the demo (said in its output)

@@ -24,11 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
+from .atomic import atomic_folder
 from .aug import normalize, resized_crop, sample_rrc_boxes
+from .cliargs import ArgumentParser, integer, numbers
+from .config import SEED_LIMIT
 from .data import ImageSet, load_distilled, load_real
 from .errors import RD3Error, cli
+from .outputs import check_output_dir
+from .progress import bar
 from .teacher import Relabeler
 
 
@@ -55,7 +59,8 @@ def rded_select(real: ImageSet, teacher: Relabeler, ipc: int, mean: Sequence[flo
     if cell < 1:
         raise RD3Error(f"--factor {factor}: larger than the {size} px images")
     out_images, out_labels = [], []
-    for c in tqdm(range(real.num_classes), desc="rded select", disable=not progress, leave=False):
+    for c in bar(range(real.num_classes), total=real.num_classes, desc="rded select", unit="class",
+                 enabled=progress):
         idx = torch.nonzero(real.labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)[:candidates]]
         need = ipc * factor * factor
@@ -98,54 +103,55 @@ def stitch(patches: torch.Tensor, ipc: int, factor: int, size: int) -> torch.Ten
 
 
 def write_image_folder(images: ImageSet, out: str | Path) -> Path:
-    """RDED's layout {class:05d}/class{class:05d}_id{i:05d}.png; refuses to mix into a non-empty folder."""
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise RD3Error(f"--out {root} exists and is not empty; choose a new folder")
+    """RDED's layout {class:05d}/class{class:05d}_id{i:05d}.png; refuses to mix into a non-empty folder, and
+    a failed write (a full disk) leaves no partial folder."""
+    root = check_output_dir(out, "--out", must_be_empty=True)
     counts: dict[int, int] = {}
-    for img, y in zip(images.images, images.labels.tolist()):
-        i = counts[y] = counts.get(y, -1) + 1
-        d = root / f"{y:05d}"
-        d.mkdir(parents=True, exist_ok=True)
-        arr = img.permute(1, 2, 0).numpy()
-        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"class{y:05d}_id{i:05d}.png")
+    with atomic_folder(root) as tmp:
+        for img, y in zip(images.images, images.labels.tolist()):
+            i = counts[y] = counts.get(y, -1) + 1
+            d = tmp / f"{y:05d}"
+            d.mkdir(exist_ok=True)
+            arr = img.permute(1, 2, 0).numpy()
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"class{y:05d}_id{i:05d}.png")
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .experiment import pick_device
 
-    p = argparse.ArgumentParser(prog="python -m rd3fast.distill", description="Baseline distillers.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m rd3fast.distill", description="Baseline distillers.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", choices=["random", "rded"], required=True)
     p.add_argument("--dataset", default=None, help="built-in real set (digits, fashion-mnist)")
     p.add_argument("--train", default=None, help="real training ImageFolder instead of --dataset")
-    p.add_argument("--load-size", type=int, default=0, help="resize --train images to this square size")
-    p.add_argument("--ipc", type=int, required=True, help="images per class")
-    p.add_argument("--out", required=True, help="ImageFolder to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--load-size", type=integer(0), default=0, help="resize --train images to this square size")
+    p.add_argument("--ipc", type=integer(1), required=True, help="images per class")
+    p.add_argument("--out", required=True, help="ImageFolder to write (new or empty)")
+    p.add_argument("--seed", type=integer(0, SEED_LIMIT - 1), default=0)
     p.add_argument("--teacher", default=None, help="rded: teacher architecture")
     p.add_argument("--teacher-weights", default=None, help="rded: teacher weights file")
-    p.add_argument("--factor", type=int, default=2, help="rded: patches per side (1 on small sets)")
-    p.add_argument("--candidates", type=int, default=300, help="rded: real images scored per class (mipc)")
-    p.add_argument("--num-crop", type=int, default=5, help="rded: crops per candidate")
-    p.add_argument("--mean", default=None, help="normalization mean for the teacher (default: the weights file's)")
-    p.add_argument("--std", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--factor", type=integer(1), default=2, help="rded: patches per side (1 on small sets)")
+    p.add_argument("--candidates", type=integer(1), default=300, help="rded: real images scored per class (mipc)")
+    p.add_argument("--num-crop", type=integer(1), default=5, help="rded: crops per candidate")
+    p.add_argument("--mean", type=numbers(), default=None,
+                   help="normalization mean for the teacher (default: the weights file's)")
+    p.add_argument("--std", type=numbers(positive=True), default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they only show on a terminal)")
     args = p.parse_args(argv)
 
     def body() -> None:
         if (args.dataset is None) == (args.train is None):
             raise RD3Error("pass exactly one of --dataset NAME and --train FOLDER")
-        if args.ipc < 1:
-            raise RD3Error(f"--ipc: expected >= 1, got {args.ipc}")
+        if args.method == "rded" and not (args.teacher and args.teacher_weights):
+            raise RD3Error("--method rded needs --teacher ARCH and --teacher-weights FILE")
+        check_output_dir(args.out, "--out", must_be_empty=True)  # before reading the data and the teacher
         real = (load_real(args.dataset, "train") if args.dataset
-                else load_distilled(args.train, load_size=args.load_size))
+                else load_distilled(args.train, load_size=args.load_size, progress=not args.no_progress))
         if args.method == "random":
             syn = random_real(real, args.ipc, args.seed)
         else:
-            if not (args.teacher and args.teacher_weights):
-                raise RD3Error("--method rded needs --teacher ARCH and --teacher-weights FILE")
             syn = _rded_from_args(args, real, pick_device(args.device))
         write_image_folder(syn, args.out)
         print(f"wrote {len(syn.images)} images ({args.method}, IPC {args.ipc}) to {args.out}")
@@ -157,14 +163,14 @@ def _rded_from_args(args: argparse.Namespace, real: ImageSet, device: torch.devi
     from .teacher import load_teachers
 
     _, meta = read_state_dict(args.teacher_weights)
-    mean = [float(v) for v in args.mean.split(",")] if args.mean else meta.get("mean")
-    std = [float(v) for v in args.std.split(",")] if args.std else meta.get("std")
+    mean = args.mean or meta.get("mean")
+    std = args.std or meta.get("std")
     if mean is None or std is None:
         raise RD3Error(f"{args.teacher_weights} records no normalization: pass --mean and --std")
     size = real.images.shape[-1]
     teacher = load_teachers([args.teacher], [args.teacher_weights], real.num_classes, size, device)
     return rded_select(real, teacher, args.ipc, mean, std, factor=args.factor, candidates=args.candidates,
-                       num_crop=args.num_crop, seed=args.seed, device=device)
+                       num_crop=args.num_crop, seed=args.seed, device=device, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,18 @@ class RD3Error(ValueError):
 
 
 def cli(body: Callable[[], int | None]) -> int:
-    """Run a command-line entry point: RD3Error becomes one line on stderr and exit status 2."""
+    """Run a command-line entry point: RD3Error becomes one line on stderr and exit status 2. Every entry
+    point runs here, so the process-wide host settings (``host.tune_allocator``) are made here too."""
+    from .host import tune_allocator
+
+    tune_allocator()
     try:
         return body() or 0
     except RD3Error as e:
-        print(f"rd3fast: error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
+
+
+def print_error(message: str) -> None:
+    """The one line every bad input ends in (argument errors too: ``cliargs.ArgumentParser``)."""
+    print(f"rd3fast: error: {message}", file=sys.stderr)

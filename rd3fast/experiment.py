@@ -5,24 +5,31 @@ All bad input surfaces here, as RD3Error, before anything is trained or written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from . import data
+from . import data, valcache
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .data import ImageSet
 from .errors import RD3Error
+from .folders import class_names
 from .teacher import Relabeler, load_teachers
 
 
 @dataclass
 class Experiment:
     cfg: Config  # finalized: no "unset" values left
-    train: ImageSet  # the distilled set (or the real training set for pre-training), 3 channels
+    train: ImageSet | None  # the distilled set (or the real training set for pre-training), 3 channels;
+    # None when a reader streams the training set (train.StreamSource)
     val: ImageSet  # real validation set as uint8 centre crops, 3 channels
     relabeler: Relabeler | None
     device: torch.device
+    # --mean/--std as configured, before the dataset's defaults fill them in: the only values a float
+    # distilled set is de-normalized with (guessing them from the validation set would be silently wrong).
+    distilled_mean: tuple[float, ...] = ()
+    distilled_std: tuple[float, ...] = ()
 
 
 def pick_device(requested: str) -> torch.device:
@@ -37,8 +44,13 @@ def _three(v: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(v) * 3 if len(v) == 1 else tuple(v)
 
 
-def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
-    """Load and check; ``train_set`` replaces ``cfg.distilled`` (teacher pre-training on real data)."""
+def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = True) -> Experiment:
+    """Load and check; ``train_set`` replaces ``cfg.distilled`` (teacher pre-training on real data).
+    ``progress``: decode bars for large image folders (on a terminal); off with ``--no-progress``.
+
+    Cheap checks come first (the training set, the validation folder's class count, the teachers), the
+    validation decode last: it may write a validation-cache entry, which a run failing on any of those
+    must not leave behind."""
     if cfg.dataset is None and cfg.val is None:
         raise RD3Error("no validation set: pass --dataset NAME (digits, fashion-mnist) or --val FOLDER")
     if cfg.dataset is not None and cfg.val is not None:
@@ -55,19 +67,24 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
     if train_set is None:
         if cfg.distilled is None:
             raise RD3Error("--distilled: which distilled set to evaluate? (an ImageFolder, .pt, .npz)")
-        train_set = _read_distilled(cfg, cfg.distilled, mean, std)
+        # --mean/--std as configured, not ``mean``/``std`` above: a dataset's defaults would be a guess.
+        train_set = _read_distilled(cfg, cfg.distilled, cfg.mean, cfg.std, progress)
+    _check_batches(cfg, train_set)
     size = cfg.image_size or (info.image_size if info else train_set.image_size[0])
     ratio = cfg.val_resize_ratio or (info.val_resize_ratio if info else 0.875)
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
-    # Real folders are decoded once into the uint8 validation cache (valcache); built-ins are not cached.
-    val = data.load_real(val_source, "val", image_size=size, resize_ratio=ratio,
-                         cache=cfg.val_cache, decoder=cfg.loader)
 
     k = train_set.num_classes
     if cfg.num_classes and cfg.num_classes != k:
         data.check_num_classes(f"training set {train_set.source}", k, cfg.num_classes, "(--num-classes)")
-    data.check_num_classes(f"validation set {val.source}", val.num_classes, k,
-                           f"to match the {k} classes of {train_set.source}")
+    val_hint = f"to match the {k} classes of {train_set.source}"
+    # The validation classes from the built-in's definition or the folder's listing, before any decode.
+    if info is not None:
+        data.check_num_classes(f"validation set {val_source}", info.num_classes, k, val_hint)
+    elif Path(val_source).is_dir():  # anything else: data.load_real says what is wrong with it
+        data.check_num_classes(f"validation set {val_source}", len(class_names(Path(val_source), None)), k,
+                               val_hint)
+    configured_mean, configured_std = cfg.mean, cfg.std
     cfg = cfg.replace(image_size=size, val_resize_ratio=ratio, mean=mean, std=std, num_classes=k)
     device = pick_device(cfg.device)
     relabeler = None
@@ -77,24 +94,42 @@ def prepare(cfg: Config, train_set: ImageSet | None = None) -> Experiment:
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
                                   logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
         data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)
+
+    # Real folders are decoded once into the uint8 validation cache (valcache); built-ins are not cached.
+    val = valcache.load_real(val_source, "val", image_size=size, resize_ratio=ratio, cache=cfg.val_cache,
+                             decoder=cfg.loader, progress=progress)
+    data.check_num_classes(f"validation set {val.source}", val.num_classes, k, val_hint)
     return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
-                      device=device)
+                      device=device, distilled_mean=configured_mean, distilled_std=configured_std)
 
 
-def load_more_sets(exp: Experiment, paths: Sequence[str]) -> list[ImageSet]:
+def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True) -> list[ImageSet]:
     """Further distilled sets to train beside ``exp.train`` (several methods' sets of one IPC at once): read
     with the same class map and load size, checked to have the same classes."""
     cfg, more = exp.cfg, []
     for path in paths:
-        s = _read_distilled(cfg, path, cfg.mean, cfg.std)
+        s = _read_distilled(cfg, path, exp.distilled_mean, exp.distilled_std, progress)
+        _check_batches(cfg, s)
         data.check_num_classes(f"training set {s.source}", s.num_classes, cfg.num_classes,
                                f"to match the {cfg.num_classes} classes of {exp.train.source}")
         more.append(_three_channels(s))
     return more
 
 
-def _read_distilled(cfg: Config, path: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageSet:
-    return data.load_distilled(path, class_map=cfg.class_map, load_size=cfg.load_size, mean=mean, std=std)
+def _read_distilled(cfg: Config, path: str, mean: tuple[float, ...], std: tuple[float, ...],
+                    progress: bool) -> ImageSet:
+    return data.load_distilled(path, class_map=cfg.class_map, load_size=cfg.load_size, mean=mean, std=std,
+                               progress=progress)
+
+
+def _check_batches(cfg: Config, s: ImageSet) -> None:
+    """With --drop-last a batch larger than the set drops every image: no step would run, yet the run
+    would report the untrained student's accuracy."""
+    n = len(s.images)
+    if cfg.drop_last and cfg.batch_size > n:
+        raise RD3Error(f"--batch-size {cfg.batch_size} with --drop-last: the training set {s.source} has only "
+                       f"{n} images, so every batch would be dropped and nothing trained; pass --batch-size "
+                       f"{n} or less, or --no-drop-last")
 
 
 def _three_channels(s: ImageSet) -> ImageSet:

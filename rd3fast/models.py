@@ -53,12 +53,14 @@ def _cifar_stem(model: nn.Module) -> nn.Module:
 
 def build_model(name: str, num_classes: int, image_size: int = 224, in_chans: int = 3) -> nn.Module:
     """A randomly initialized model with ``num_classes`` outputs."""
-    import torchvision
-
     m = _CONVNET.match(name)
     if m:
         return ConvNet(num_classes, image_size, depth=int(m.group(1) or 3), width=int(m.group(2) or 128),
                        in_chans=in_chans, batchnorm=bool(m.group(3)))
+    # Imported only here: torchvision pulls in torch._dynamo (about 2 s of start-up on a small CPU),
+    # which a ConvNet run never needs.
+    import torchvision
+
     tv_names = set(torchvision.models.list_models(module=torchvision.models))
     for suffix in ("-cifar", "_modified"):
         if name.endswith(suffix) and name[: -len(suffix)] in tv_names and name.startswith("resnet"):
@@ -84,12 +86,20 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, metadata) from a plain state_dict, a training checkpoint, or an rd3fast weights file."""
     p = Path(path)
+    if p.is_dir():
+        raise RD3Error(f"weights file {p} is a folder; expected a file (a state_dict or checkpoint saved by "
+                       "torch.save)")
     if not p.is_file():
         raise RD3Error(f"weights file {p} does not exist")
     try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise RD3Error(f"weights file {p} cannot be read ({e.strerror})") from None
+    try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise RD3Error(f"weights file {p} is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        raise RD3Error(_unreadable(p, head, e)) from None
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):
         for key in _STATE_KEYS:
@@ -107,6 +117,33 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 k = k[len(prefix):]
         state[k] = v
     return state, meta
+
+
+def _unreadable(p: Path, head: bytes, e: Exception) -> str:
+    """One line for a file torch.load refused; torch's own message runs to a dozen lines of advice to set
+    weights_only=False, which is wrong for a file that is no checkpoint and unsafe for one from elsewhere."""
+    if not head:
+        return f"weights file {p} is not a torch checkpoint (it is empty)"
+    if head.startswith(b"version https://git-lfs"):
+        return f"weights file {p} is not a torch checkpoint (it is a Git LFS pointer: run `git lfs pull`)"
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # the one line of torch's message that says what was refused
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    reason = f"{type(e).__name__}: {line.split('. ')[0]}" if line else type(e).__name__
+    # What torch.save writes is a zip archive (torch >= 1.6) or a pickle (protocol 2+ starts with 0x80).
+    checkpoint_like = head.startswith((b"PK\x03\x04", b"\x80"))
+    if checkpoint_like and "Unsupported global" in reason:
+        return (f"weights file {p} holds Python objects besides tensors, which a safe torch.load refuses "
+                f"({reason}); save the model's state_dict alone")
+    if not checkpoint_like and _is_text(head):
+        first = head.decode("utf-8", "replace").splitlines()[0][:40]
+        reason = f"it is a text file starting {first!r}"
+    return f"weights file {p} is not a torch checkpoint ({reason[:200]})"
+
+
+def _is_text(head: bytes) -> bool:
+    return all(c >= 32 or c in b"\t\n\r" for c in head)  # no control bytes (UTF-8 bytes are >= 0x80)
 
 
 def load_weights(model: nn.Module, path: str | Path, arch: str) -> dict[str, Any]:
@@ -131,5 +168,7 @@ def load_weights(model: nn.Module, path: str | Path, arch: str) -> dict[str, Any
 def save_weights(path: str | Path, model: nn.Module, arch: str, **meta: Any) -> None:
     """Atomic write (tmp file + rename) of {'arch', 'state_dict', **meta}, readable by load_weights."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_write(path) as tmp:
-        torch.save({"arch": arch, "state_dict": state, **meta}, tmp)
+    # Through a Python file object: torch.save to a path reports a full disk as a RuntimeError ("unexpected
+    # pos"), to a file object as the OSError (ENOSPC) that atomic_write turns into one clear line.
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"arch": arch, "state_dict": state, **meta}, f)

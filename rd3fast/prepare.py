@@ -21,7 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .atomic import atomic_folder
+from .cachedir import cache_root
+from .cliargs import ArgumentParser, integer, number
 from .errors import RD3Error, cli
+from .outputs import check_output_dir, check_output_file
 
 
 def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str = "jpg", quality: int = 90,
@@ -34,60 +38,65 @@ def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str 
 
     if fmt not in ("jpg", "png"):
         raise RD3Error(f"--format: expected jpg or png, got {fmt!r}")
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise RD3Error(f"--out {root} exists and is not empty; choose a new folder")
+    if limit < 0:
+        raise RD3Error(f"--limit: expected an integer >= 0 (0: all), got {limit}")
+    root = check_output_dir(out, "--out", must_be_empty=True)
     real = load_real(source, split, image_size=image_size)
     width = max(2, len(str(real.num_classes - 1)))
     counts = np.zeros(real.num_classes, np.int64)
-    for img, y in zip(real.images, real.labels.tolist()):
-        if limit and counts[y] >= limit:
-            continue
-        d = root / f"{y:0{width}d}"
-        d.mkdir(parents=True, exist_ok=True)
-        arr = img.permute(1, 2, 0).numpy()
-        im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-        name = d / f"{counts[y]:05d}.{fmt}"
-        if fmt == "jpg":
-            im.save(name, quality=quality)
-        else:
-            im.save(name)
-        counts[y] += 1
-    (root / "classes.txt").write_text("\n".join(f"{i:0{width}d}\t{c}" for i, c in enumerate(real.classes)) + "\n")
+    with atomic_folder(root) as tmp:  # a failed export (a full disk) leaves no partial folder
+        for img, y in zip(real.images, real.labels.tolist()):
+            if limit and counts[y] >= limit:
+                continue
+            d = tmp / f"{y:0{width}d}"
+            d.mkdir(exist_ok=True)
+            arr = img.permute(1, 2, 0).numpy()
+            im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+            name = d / f"{counts[y]:05d}.{fmt}"
+            if fmt == "jpg":
+                im.save(name, quality=quality)
+            else:
+                im.save(name)
+            counts[y] += 1
+        (tmp / "classes.txt").write_text("\n".join(f"{i:0{width}d}\t{c}" for i, c in enumerate(real.classes))
+                                         + "\n")
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rd3fast.prepare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m rd3fast.prepare", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("beton", help="write an FFCV .beton (+ .beton.json)")
     b.add_argument("--source", required=True, help="ImageFolder or built-in name (fashion-mnist, digits)")
     b.add_argument("--split", default="train", help="built-in split (train | val)")
     b.add_argument("--out", required=True, help=".beton file to write")
     b.add_argument("--write-mode", default="raw", choices=["raw", "jpg"])
-    b.add_argument("--jpeg-quality", type=int, default=90)
-    b.add_argument("--max-resolution", type=int, default=None, help="cap on the longer side (folders)")
-    b.add_argument("--image-size", type=int, default=0, help="built-ins: resize to this size (0: native)")
+    b.add_argument("--jpeg-quality", type=integer(1, 100), default=90)
+    b.add_argument("--max-resolution", type=integer(1), default=None, help="cap on the longer side (folders)")
+    b.add_argument("--image-size", type=integer(0), default=0, help="built-ins: resize to this size (0: native)")
     b.add_argument("--class-map", default=None)
-    b.add_argument("--workers", type=int, default=None)
+    b.add_argument("--workers", type=integer(1), default=None)
     c = sub.add_parser("cache", help="decode a validation ImageFolder once into the uint8 cache")
     c.add_argument("--source", required=True, help="validation ImageFolder")
-    c.add_argument("--image-size", type=int, required=True, help="centre-crop size (224 for ImageNet)")
-    c.add_argument("--val-resize-ratio", type=float, default=0.875, help="crop / resized shorter side")
+    c.add_argument("--image-size", type=integer(1), required=True, help="centre-crop size (224 for ImageNet)")
+    # No 0 here (evaluation's "the dataset's default"): a folder has no default to fall back on.
+    c.add_argument("--val-resize-ratio", type=number(0, 1, lo_open=True), default=0.875,
+                   help="crop / resized shorter side, in (0, 1]")
     c.add_argument("--loader", default="pil", choices=["auto", "pil", "dali", "ffcv"], help="decoder")
     c.add_argument("--class-map", default=None)
     c.add_argument("--cache-dir", default=None, help="[$RD3FAST_CACHE or ~/.cache/rd3fast]")
-    c.add_argument("--workers", type=int, default=None)
+    c.add_argument("--workers", type=integer(1), default=None)
     c.add_argument("--device", default=None, help="where DALI decodes [cuda if there is one]")
+    c.add_argument("--no-progress", action="store_true", help="no decode bar (it only shows on a terminal)")
     f = sub.add_parser("folder", help="write a built-in set as an ImageFolder of JPEG/PNG files")
     f.add_argument("--source", required=True, help="built-in name (fashion-mnist, digits)")
     f.add_argument("--split", default="val")
     f.add_argument("--out", required=True)
     f.add_argument("--format", default="jpg", choices=["jpg", "png"])
-    f.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    f.add_argument("--limit", type=int, default=0, help="at most this many images per class (0: all)")
-    f.add_argument("--image-size", type=int, default=0, help="resize to this size (0: native)")
+    f.add_argument("--quality", type=integer(1, 100), default=90, help="JPEG quality")
+    f.add_argument("--limit", type=integer(0), default=0, help="at most this many images per class (0: all)")
+    f.add_argument("--image-size", type=integer(0), default=0, help="resize to this size (0: native)")
     args = p.parse_args(argv)
     return cli(lambda: _run(args))
 
@@ -95,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.cmd == "beton":
+        check_output_file(args.out, "--out")
         from .backends.ffcv import write_beton
 
         out = write_beton(args.source, args.out, split=args.split, write_mode=args.write_mode,
@@ -104,9 +114,10 @@ def _run(args: argparse.Namespace) -> None:
     elif args.cmd == "cache":
         from .valcache import build, load
 
+        check_output_dir(cache_root(args.cache_dir), "--cache-dir")
         npy = build(args.source, image_size=args.image_size, resize_ratio=args.val_resize_ratio,
                     decoder=args.loader, class_map=args.class_map, workers=args.workers, device=args.device,
-                    cache_dir=args.cache_dir)
+                    cache_dir=args.cache_dir, progress=not args.no_progress)
         s = load(npy)
         print(f"validation cache {npy}: {len(s.labels)} images {tuple(s.images.shape[1:])} uint8, "
               f"{s.num_classes} classes ({time.perf_counter() - t0:.1f}s)")

@@ -5,7 +5,9 @@ mean +- std over seeds, library versions, the device and the git sha, written at
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import math
 import os
 import platform
 import statistics
@@ -21,24 +23,25 @@ SCHEMA_VERSION = 1
 
 
 def environment(device: torch.device | None = None) -> dict[str, Any]:
-    import torchvision
-
     import rd3fast
 
     env = {"python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "rd3fast": rd3fast.__version__,
-           "platform": platform.platform(), "git_sha": git_sha()}
-    try:
-        import timm
-
-        env["timm"] = timm.__version__
-    except ImportError:
-        env["timm"] = None
+           "torchvision": _version("torchvision"), "rd3fast": rd3fast.__version__,
+           "platform": platform.platform(), "git_sha": git_sha(), "timm": _version("timm")}
     if device is not None and device.type == "cuda":
         env["device"] = torch.cuda.get_device_name(device)
     else:
         env["device"] = f"cpu ({os.cpu_count()} cores)"
     return env
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version from its metadata: importing torchvision or timm to ask would cost
+    seconds of start-up."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def git_sha() -> str | None:
@@ -64,9 +67,34 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomic: a reader never sees half a file, an interrupted run leaves the previous one intact."""
+    """Atomic: a reader never sees half a file, an interrupted run leaves the previous one intact.
+
+    Strict JSON: ``NaN``/``Infinity`` are not JSON, and other readers (jq, JavaScript, Go) reject the file.
+    A run whose loss diverged is recorded by its caller as failed, so a non-finite number reaching here is a
+    bug upstream: ValueError naming where it is, nothing written."""
+    try:
+        text = json.dumps(obj, indent=1, default=str, allow_nan=False)
+    except ValueError:
+        where = first_non_finite(obj)
+        if where is None:
+            raise
+        raise ValueError(f"{path}: {where} is not a finite number; results are strict JSON, nothing "
+                         "written (a failed run must be recorded as failed)") from None
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
+        tmp.write_text(text)
+
+
+def first_non_finite(obj: Any, where: str = "") -> str | None:
+    """The path (``runs[0].epochs[3].loss = nan``) of the first NaN/inf float in a JSON-like object."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else f"{where or 'the value'} = {obj}"
+    if isinstance(obj, dict):
+        items = [(f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        return None
+    return next((found for w, v in items if (found := first_non_finite(v, w)) is not None), None)
 
 
 def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
@@ -109,6 +137,9 @@ def plot_curves(results: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss (smoothed mean)", yscale="log")
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        # Through the atomic writer: a failed save (a full disk) must not leave a truncated curves.png.
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)  # format: the temporary name does not end in .png
+    finally:
+        plt.close(fig)

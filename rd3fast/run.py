@@ -9,80 +9,28 @@ every evaluation, per-epoch loss and time, mean +- std over seeds, versions, dev
 
 Several distilled sets of one size (methods at one IPC) go in one call, ``--distilled a/,b/``: each gets
 <out>/<name>/, and with ``--parallel-seeds`` their runs train side by side, sharing each teacher pass.
+The evaluation itself is ``rd3fast.evaluate`` (``evaluate_sets``); this module parses and prints.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import config as config_mod
-from .config import PRESETS, Config, add_config_flags, config_from_args, describe
+from .config import PRESETS, add_config_flags, config_from_args
+from .cliargs import ArgumentParser
 from .errors import RD3Error, cli
-from .results import aggregate, environment, format_table, plot_curves, write_json
-
-
-def evaluate_distilled(cfg: Config, out: str | Path | None, name: str = "", progress: bool = True,
-                       verbose: bool = True) -> dict[str, Any]:
-    """Train cfg.seeds students on cfg.distilled, write <out>/results.json + curves.png, return the record."""
-    name = name or Path(cfg.distilled or "set").name
-    [record] = evaluate_sets(cfg, {name: cfg.distilled}, None if out is None else {name: Path(out)},
-                             progress=progress, verbose=verbose)
-    return record
-
-
-def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path] | None = None,
-                  progress: bool = True, verbose: bool = True) -> list[dict[str, Any]]:
-    """Evaluate several distilled sets of one size under one protocol (cfg.distilled is ignored): every
-    (set, seed) run, cfg.parallel_seeds of them at a time side by side, sharing the teacher pass. Writes
-    outs[name]/results.json (after every group of runs) and curves.png; returns one record per set."""
-    from .experiment import load_more_sets, prepare
-    from .train import check_side_by_side, train_seeds
-
-    names, paths = list(sets), list(sets.values())
-    # Every bad input (any of the sets included) is reported here, before anything is written.
-    exp = prepare(cfg.replace(distilled=paths[0]))
-    data = dict(zip(names, [exp.train, *load_more_sets(exp, paths[1:])]))
-    runs = [(name, seed) for name in names for seed in exp.cfg.seeds]
-    step = exp.cfg.parallel_seeds  # runs trained at once
-    groups = [runs[at:at + step] for at in range(0, len(runs), step)]
-    for group in groups:
-        check_side_by_side([data[n] for n, _ in group])
-    records = {}
-    for name, path in zip(names, paths):
-        set_cfg = exp.cfg.replace(distilled=path)
-        if verbose:
-            print(f"\n== {name} under '{set_cfg.preset}' on {exp.device} ==\n{describe(set_cfg)}", flush=True)
-        records[name] = {"schema": 1, "name": name, "config": set_cfg.to_dict(),
-                         "environment": environment(exp.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                         "train_images": len(data[name].images), "val_images": len(exp.val.images), "runs": []}
-    for group in groups:
-        label = ", ".join(f"{n} seed {s}" for n, s in group) if len(names) > 1 else \
-            f"{names[0]} seed {','.join(str(s) for _, s in group)}"
-        results = train_seeds(exp, [s for _, s in group], progress=progress, desc=f"{exp.cfg.preset}: {label}",
-                              sets=[data[n] for n, _ in group])
-        for (name, _), (result, _) in zip(group, results):
-            records[name]["runs"].append(result.summary())
-        for name in dict.fromkeys(n for n, _ in group):
-            records[name]["summary"] = aggregate(records[name]["runs"])
-            if outs is not None:  # after every group: an interrupted run keeps the finished seeds
-                write_json(outs[name] / "results.json", records[name])
-    if outs is not None:
-        for name, record in records.items():
-            plot_curves([record], outs[name] / "curves.png")
-    return list(records.values())
-
-
-def table_row(record: dict[str, Any]) -> dict[str, Any]:
-    cfg = record["config"]
-    return {"name": record["name"], "preset": cfg["preset"], "student": cfg["student"],
-            "seeds": len(record["runs"]), "summary": record["summary"]}
+from .evaluate import evaluate_sets, table_row
+from .outputs import check_folder_name, check_output_dir
+from .results import format_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m rd3fast.run",
         description="Post-evaluate a distilled dataset under the RD3 protocol or a published recipe. "
                     "With no arguments: the embedded demo on scikit-learn's digits.",
@@ -113,7 +61,7 @@ def list_presets() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)  # unknown flags: argparse prints the flag and exits 2
+    args = parser.parse_args(argv)  # unknown flags: one line, exit 2 (cliargs.ArgumentParser)
     return cli(lambda: _run(args, argv))
 
 
@@ -125,7 +73,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.demo or not protocol_given:
         from .demo import run_demo
 
-        run_demo(out=Path(args.out or "runs/demo"), progress=not args.no_progress)
+        out = check_output_dir(args.out or "runs/demo", "--out")
+        run_demo(out=out, progress=not args.no_progress)
         return 0
     cfg = config_from_args(args)
     paths = [p for p in (cfg.distilled or "").split(",") if p] or [None]
@@ -136,6 +85,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     else:  # one folder per set under --out
         root = Path(args.out or f"runs/{len(paths)}sets-{stamp}")
         outs = {n: root / n for n in names}
+    for out in outs.values():  # before the data is even read: results are written only after training
+        check_output_dir(out, "--out")
     records = evaluate_sets(cfg, dict(zip(names, paths)), outs, progress=not args.no_progress)
     print()
     print(format_table([table_row(r) for r in records]))
@@ -145,8 +96,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _set_names(paths: list[str | None], given: str) -> list[str]:
-    """Table names: --name (one per set, comma-separated) or the folder names, made unique."""
-    names = [n for n in given.split(",") if n] if given else [Path(p or "set").name for p in paths]
+    """Table names: --name (one per set, comma-separated) or the folder names, made unique. A name is also a
+    folder under --out (and part of the default --out), so it must be a plain folder name."""
+    if given:
+        names = [n for n in given.split(",") if n]
+        for n in names:
+            check_folder_name(n, "--name")
+    else:  # abspath: `.` and `a/..` name the folder they mean, not "" or ".."
+        names = [(Path(os.path.abspath(p)).name or "set") if p else "set" for p in paths]
     if len(names) != len(paths):
         raise RD3Error(f"--name: {len(names)} name(s) for {len(paths)} distilled set(s); give one per set, "
                        "comma-separated")
@@ -156,6 +113,7 @@ def _set_names(paths: list[str | None], given: str) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         unique.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
     return unique
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .errors import RD3Error
-from .models import build_model, load_weights
+from .models import build_model, load_weights, read_state_dict
 
 
 class Relabeler(nn.Module):
@@ -71,23 +71,29 @@ def load_teachers(archs: Sequence[str], weights: Sequence[str | Path], num_class
         try:
             load_weights(model, path, arch)
         except RD3Error as e:
-            # The commonest mismatch is the class count: say so plainly.
-            state_classes = _classifier_width(path)
-            if state_classes and state_classes != num_classes:
-                raise RD3Error(f"teacher weights {path} have {state_classes} outputs but the data has "
-                               f"{num_classes} classes") from None
-            raise e
+            raise RD3Error(_why_weights_do_not_fit(path, arch, num_classes, image_size) or str(e)) from None
         models.append(model.to(device).to(memory_format=torch.channels_last if device.type == "cuda"
                                            else torch.contiguous_format))
     return Relabeler(models, archs, logit_norm=logit_norm, bn_train=bn_train)
 
 
-def _classifier_width(path: str | Path) -> int | None:
-    from .models import read_state_dict
-
+def _why_weights_do_not_fit(path: str | Path, arch: str, num_classes: int, image_size: int) -> str | None:
+    """The plain reason behind a shape mismatch, when the file tells: the class count (the commonest), or
+    the image size an rd3fast weights file records (a ConvNet's classifier is sized by it)."""
     state, meta = read_state_dict(path)
-    if "num_classes" in meta:
-        return int(meta["num_classes"])
+    state_classes = _classifier_width(state, meta)
+    if state_classes and state_classes != num_classes:
+        return f"teacher weights {path} have {state_classes} outputs but the data has {num_classes} classes"
+    trained = meta.get("image_size")
+    if isinstance(trained, int) and trained and trained != image_size:
+        return (f"teacher weights {path} were trained at {trained} px, this run uses --image-size {image_size}; "
+                f"{arch}'s classifier depends on the image size")
+    return None
+
+
+def _classifier_width(state: dict[str, torch.Tensor], meta: dict[str, object]) -> int | None:
+    if isinstance(meta.get("num_classes"), int):  # other tools' checkpoints may hold anything under that key
+        return meta["num_classes"]
     last = [v for k, v in state.items() if k.endswith(("fc.weight", "classifier.weight", "head.weight",
                                                         "classifier.1.weight", "classifier.6.weight"))]
     return int(last[-1].shape[0]) if last else None

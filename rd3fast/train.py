@@ -4,35 +4,53 @@ Protocol differences between upstream recipes are Config flags read here, never 
 loop pre-trains teachers (loss "ce", no teacher), evaluates distilled sets, trains K seeds at once
 (``parallel_seeds``), records or replays a soft-label cache, and runs each step eagerly or as one
 captured CUDA graph (``cuda_graph``).
+
+Where the batches come from is a ``BatchSource``:
+
+- ``ResidentSource``: the set is resident on the device as uint8; per step it draws indices and
+  augmentation parameters on the host (``ResidentLoader.draws``) and the step augments on the device
+  (or replays them, with the teacher's logits, from a soft-label cache). Its steps can be graphed.
+- ``StreamSource``: a reader (DALI, FFCV, PIL workers; ``rd3fast.backends``) yields ready, augmented
+  batches each epoch: the pre-training path for real sets too large to hold resident.
+
+Both go through the same step (teachers -> students -> loss -> optimizer -> EMA), the same optimizer
+builder, schedule and evaluation.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from .aug import AugParams, AugSpec, eval_normalize
 from .cache import SoftLabelCache
+from .checkpoint import Checkpointing, Interrupted
 from .config import Config, lr_factor
 from .data import ImageSet
 from .errors import RD3Error
 from .experiment import Experiment
 from .graph import GraphedStep, graph_unavailable_reason
+from .host import process_age
 from .loader import ResidentLoader
 from .losses import total_loss
 from .models import build_model
+from .progress import Progress
 from .students import Students
 
 log = logging.getLogger("rd3fast")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Optimizer, schedule, EMA, evaluation
+# ---------------------------------------------------------------------------------------------------
 def build_optimizer(cfg: Config, students: Students, capturable: bool = False) -> torch.optim.Optimizer:
     named = students.named_model_parameters()
     params: Any = [p for _, p, _ in named]
@@ -99,6 +117,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     return {"top1": 100.0 * float(correct1) / n, "top5": 100.0 * float(correct5) / n}
 
 
+def should_eval(cfg: Config, epoch: int) -> bool:
+    """After epoch ``epoch`` (0-based): every eval_every epochs once eval_after of training is done, and last."""
+    done = epoch + 1
+    return done == cfg.epochs or (done % cfg.eval_every == 0 and done > cfg.eval_after * cfg.epochs)
+
+
 @dataclass
 class RunResult:
     seed: int
@@ -107,44 +131,160 @@ class RunResult:
     train_time_s: float = 0.0
     images_per_s: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. why the step was not graphed
+    first_step_s: float = 0.0  # seconds from process start to this run's first step (start-up cost)
+    failure: dict[str, Any] | None = None  # {"epoch", "reason"} when the run stopped being a result
 
     def summary(self) -> dict[str, Any]:
-        last = self.evals[-1] if self.evals else {"top1": math.nan, "top5": math.nan}
-        best = max(self.evals, key=lambda e: e["top1"]) if self.evals else last
-        return {"seed": self.seed, "last_top1": last["top1"], "last_top5": last["top5"],
+        """The run as results.json stores it; a failed run (or one never evaluated) has no metrics (null)."""
+        ok = self.failure is None and bool(self.evals)
+        last = self.evals[-1] if ok else {"top1": None, "top5": None}
+        best = max(self.evals, key=lambda e: e["top1"]) if ok else last
+        return {"seed": self.seed, "status": "ok" if self.failure is None else "failed", "failure": self.failure,
+                "last_top1": last["top1"], "last_top5": last["top5"],
                 "best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best.get("epoch"),
                 "train_time_s": self.train_time_s, "images_per_s": self.images_per_s,
-                "epochs": self.epochs, "evals": self.evals, "notes": self.notes}
+                "first_step_s": self.first_step_s, "epochs": self.epochs, "evals": self.evals, "notes": self.notes}
 
 
-def should_eval(cfg: Config, epoch: int) -> bool:
-    """After epoch ``epoch`` (0-based): every eval_every epochs once eval_after of training is done, and last."""
-    done = epoch + 1
-    return done == cfg.epochs or (done % cfg.eval_every == 0 and done > cfg.eval_after * cfg.epochs)
+# ---------------------------------------------------------------------------------------------------
+# Batch sources
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class StepBatch:
+    """What one step trains on, on the device: K stacked batches and each run's hard targets."""
+
+    x: torch.Tensor  # (K, B, C, S, S) normalized (and mixed)
+    y: list[torch.Tensor]  # per run: int64 (B,) labels
+    y_partner: list[torch.Tensor]  # per run: labels of the mixing partners (= y when not mixed)
+    lam: list[torch.Tensor]  # per run: float32 () weight of y
+    soft: torch.Tensor | None = None  # (K, B, classes) teacher logits when they come with the batch (cache)
 
 
-def train(exp: Experiment, seed: int, progress: bool = True, desc: str = "") -> tuple[RunResult, nn.Module]:
-    """Train one student from scratch on exp.train; returns its metrics and the trained model."""
-    [(result, model)] = train_seeds(exp, [seed], progress=progress, desc=desc)
-    return result, model
+class BatchSource(Protocol):
+    """Where the loop's batches come from. ``epoch`` yields each step's inputs (host side, cheap);
+    ``batch`` turns them into a StepBatch on the device inside the step (capturable for graphed sources)."""
+
+    graphable: bool  # whether batch() is free of host syncs with fixed shapes (a CUDA graph can replay it)
+
+    def __len__(self) -> int: ...
+
+    def images_per_epoch(self) -> int: ...
+
+    def epoch(self, epoch: int) -> Iterator[tuple]: ...
+
+    def batch(self, *inputs: Any) -> StepBatch: ...
+
+    def relabeled(self, inputs: tuple, soft: torch.Tensor) -> None: ...
+
+    def end_epoch(self, epoch: int) -> None: ...
 
 
+class ResidentSource:
+    """K resident loaders (one per run) and an optional soft-label cache. Step inputs: (indices per run,
+    augmentation params per run, cached logits per run or [])."""
+
+    graphable = True
+
+    def __init__(self, loaders: list[ResidentLoader], cache: SoftLabelCache | None, mode: str = "off") -> None:
+        self.loaders, self.cache, self.mode = loaders, cache, mode
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def images_per_epoch(self) -> int:
+        ld = self.loaders[0]
+        return len(ld) * ld.batch_size if ld.drop_last else len(ld.images)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[list, list, list]]:
+        k = len(self.loaders)
+        if self.cache is not None and self.mode == "replay":
+            # Every run replays the recorded stream: the same batches and labels, new students.
+            for idx, params, soft in self.cache.epoch(epoch, self.loaders[0].device):
+                yield [idx] * k, [params] * k, [soft] * k
+            return
+        for ld in self.loaders:
+            ld.set_epoch(epoch)
+        for draws in zip(*(ld.draws() for ld in self.loaders)):
+            yield [d[0] for d in draws], [d[1] for d in draws], []
+
+    def batch(self, idx: list[torch.Tensor], params: list[AugParams], cached: list[torch.Tensor]) -> StepBatch:
+        batches = [ld.batch(i, p) for ld, i, p in zip(self.loaders, idx, params)]
+        x = torch.stack([b.x for b in batches]) if len(batches) > 1 else batches[0].x[None]
+        return StepBatch(x, [b.y for b in batches], [b.y_partner for b in batches], [b.lam for b in batches],
+                         torch.stack(cached) if cached else None)
+
+    def relabeled(self, inputs: tuple, soft: torch.Tensor) -> None:
+        if self.cache is not None and self.mode == "record":
+            idx, params, _ = inputs
+            self.cache.add(idx[0], params[0], soft[0])
+
+    def end_epoch(self, epoch: int) -> None:
+        if self.cache is not None and self.mode == "record":
+            self.cache.end_epoch(epoch)
+
+
+class StreamSource:
+    """A reader's ready (x, y) batches, one run: the streamed pre-training path (DALI, FFCV, PIL workers)."""
+
+    graphable = False
+
+    def __init__(self, reader: Any, images_per_epoch: int | None = None) -> None:
+        self.reader = reader
+        self._images = images_per_epoch
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def images_per_epoch(self) -> int:
+        return self._images if self._images is not None else self.seen
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        set_epoch = getattr(self.reader, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        seen = 0
+        for x, y in self.reader:
+            seen += len(y)
+            yield x, y
+        self.seen = seen
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> StepBatch:
+        one = torch.ones((), device=x.device)
+        return StepBatch(x[None], [y], [y], [one])
+
+    def relabeled(self, inputs: tuple, soft: torch.Tensor) -> None:
+        return None
+
+    def end_epoch(self, epoch: int) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine: what a run steps
+# ---------------------------------------------------------------------------------------------------
 @dataclass
 class Engine:
-    """What a run steps: K students, their loaders, the optimizer, EMA, teacher and cache, and ``step``."""
+    """K students, the batch source, the optimizer, EMA, and ``step``: one optimizer step of all K."""
 
-    loaders: list[ResidentLoader]
+    source: BatchSource
     students: Students
     optimizer: torch.optim.Optimizer
     ema: ParamEMA | None
-    cache: SoftLabelCache | None
     no_graph: str | None  # why the step is not captured as a CUDA graph (None: it is)
-    step: Callable[[list, list, list], torch.Tensor]  # (idx, params, cached per seed) -> losses (K,)
+    step: Callable[..., torch.Tensor]  # (*source inputs) -> losses (K,)
+
+    @property
+    def loaders(self) -> list[ResidentLoader]:
+        return self.source.loaders if isinstance(self.source, ResidentSource) else []
+
+    @property
+    def cache(self) -> SoftLabelCache | None:
+        return self.source.cache if isinstance(self.source, ResidentSource) else None
 
 
-def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None) -> Engine:
-    """Loaders, students (initialized from their seeds), optimizer, EMA and the capturable step. Run j
-    trains on ``sets[j]`` (default: every run on ``exp.train``)."""
+def resident_source(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None) -> ResidentSource:
+    """One ResidentLoader per run (run j on ``sets[j]``, default exp.train) and the soft-label cache."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
     sets = list(sets) if sets is not None else [exp.train] * k
     if len(sets) != k:
@@ -156,51 +296,56 @@ def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet]
     loaders = [ResidentLoader(st.images, st.labels, spec, cfg.batch_size, seed=s, device=dev,
                               drop_last=cfg.drop_last, backend=cfg.aug_backend,
                               channels_last=dev.type == "cuda" and k == 1) for s, st in zip(seeds, sets)]
+    cache = _open_cache(cfg, exp) if cfg.cache_mode != "off" else None
+    return ResidentSource(loaders, cache, cfg.cache_mode)
+
+
+def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None,
+                 source: BatchSource | None = None) -> Engine:
+    """Students (initialized from their seeds), optimizer, EMA and the step over ``source`` (default: the
+    resident loaders of ``sets``, run j on sets[j], every run on exp.train when None)."""
+    cfg, dev, k = exp.cfg, exp.device, len(seeds)
+    source = source if source is not None else resident_source(exp, seeds, sets)
     models = []
     for s in seeds:
         torch.manual_seed(s)  # the student's initialization depends on its seed only
         m = build_model(cfg.student, cfg.num_classes, cfg.image_size).to(dev)
         models.append(m.to(memory_format=torch.channels_last) if dev.type == "cuda" and k == 1 else m)
     students = Students(models)
-    no_graph = graph_unavailable_reason(cfg, dev)
+    no_graph = graph_unavailable_reason(cfg, dev) or (None if source.graphable else "streamed batches")
     graphed = no_graph is None
     optimizer = build_optimizer(cfg, students, capturable=graphed)
     ema = ParamEMA(students, cfg.ema_decay) if cfg.ema_decay > 0 else None
     relabeler = exp.relabeler if cfg.loss != "ce" else None
     if relabeler is not None and cfg.compile_teacher and dev.type == "cuda":
         relabeler = torch.compile(relabeler)
-    cache = _open_cache(cfg, exp) if cfg.cache_mode != "off" else None
     autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda",
                     cache_enabled=not graphed)  # the autocast weight cache must not outlive a capture
 
-    def step(idx: list[torch.Tensor], params: list[AugParams], cached: list[torch.Tensor]) -> torch.Tensor:
-        """One optimizer step of all K students; returns their losses (K,). Capturable as a graph: no host
-        syncs, no host-to-device copies, every input a device tensor (tests/test_engine.py checks this)."""
-        batches = [ld.batch(i, p) for ld, i, p in zip(loaders, idx, params)]
-        x = torch.stack([b.x for b in batches]) if k > 1 else batches[0].x[None]
-        if cached:  # replay: the teacher's logits come from the cache
-            soft = torch.stack(cached)
-        elif relabeler is not None:
-            soft = relabeler(x.flatten(0, 1)).view(k, x.shape[1], -1)  # one teacher pass for all K
-            if cache is not None:
-                cache.add(idx[0], params[0], soft[0])
-        else:
-            soft = None
+    def step(*inputs: Any) -> torch.Tensor:
+        """One optimizer step of all K students; returns their losses (K,). For a graphable source it is
+        capturable: no host syncs, no host-to-device copies, every input a device tensor
+        (tests/test_engine.py checks this)."""
+        b = source.batch(*inputs)
+        soft = b.soft
+        if soft is None and relabeler is not None:
+            soft = relabeler(b.x.flatten(0, 1)).view(k, b.x.shape[1], -1)  # one teacher pass for all K
+            source.relabeled(inputs, soft)
         if cfg.rded_extra_forward:
             with torch.no_grad(), torch.autocast(**autocast):
-                students(x)  # RDED: a second BatchNorm statistics update on the same batch
+                students(b.x)  # RDED: a second BatchNorm statistics update on the same batch
         with torch.autocast(**autocast):
-            logits = students(x)
+            logits = students(b.x)
         losses = torch.stack([
-            total_loss(cfg.loss, logits[j], None if soft is None else soft[j], b.y, b.y_partner, b.lam,
-                       cfg.temperature, cfg.kl_t2, cfg.ce_weight, cfg.ce_target) for j, b in enumerate(batches)])
+            total_loss(cfg.loss, logits[j], None if soft is None else soft[j], b.y[j], b.y_partner[j], b.lam[j],
+                       cfg.temperature, cfg.kl_t2, cfg.ce_weight, cfg.ce_target) for j in range(k)])
         losses.sum().backward()  # slices are independent: d(sum)/d(slice j) = d(loss j)
         optimizer.step()
         if ema is not None:
             ema.update(students)
         return losses.detach()
 
-    return Engine(loaders, students, optimizer, ema, cache, no_graph, step)
+    return Engine(source, students, optimizer, ema, no_graph, step)
 
 
 def check_side_by_side(sets: Sequence[ImageSet]) -> None:
@@ -211,53 +356,118 @@ def check_side_by_side(sets: Sequence[ImageSet]) -> None:
                        + ", ".join(f"{src}: {n}" for src, n in sizes.items()) + "; evaluate them separately")
 
 
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+def train(exp: Experiment, seed: int, progress: bool = True, desc: str = "",
+          source: BatchSource | None = None,
+          checkpoint: Checkpointing | None = None) -> tuple[RunResult, nn.Module]:
+    """Train one student from scratch (on exp.train, or on ``source``); returns its metrics and the model."""
+    [(result, model)] = train_seeds(exp, [seed], progress=progress, desc=desc, source=source, checkpoint=checkpoint)
+    return result, model
+
+
 def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, desc: str = "",
-                sets: Sequence[ImageSet] | None = None) -> list[tuple[RunResult, nn.Module]]:
+                sets: Sequence[ImageSet] | None = None, source: BatchSource | None = None,
+                checkpoint: Checkpointing | None = None) -> list[tuple[RunResult, nn.Module]]:
     """Train one student per seed, all at once (one module, one teacher pass per step); with ``sets``, run j
-    trains on sets[j] (several distilled sets of one size side by side) instead of exp.train."""
+    trains on sets[j] (several distilled sets of one size side by side) instead of exp.train; with
+    ``source``, the batches come from it (a reader's stream) instead.
+
+    With ``checkpoint``, the group resumes from its checkpoint when there is one, checkpoints as
+    ``checkpoint`` says, and on a stop request checkpoints and raises ``Interrupted``. A run whose
+    training loss stops being finite is marked failed at that epoch (``RunResult.failure``) and no longer
+    evaluated; the others go on."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes every step, as the reference scripts set it
-    eng = build_engine(exp, seeds, sets)
+    eng = build_engine(exp, seeds, sets, source)
     val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
     graphed = eng.no_graph is None
     run_step: Callable = GraphedStep(eng.step, eng.optimizer) if graphed else _eager(eng.step, eng.optimizer)
     note = "whole step as one CUDA graph" if graphed else f"eager step: {eng.no_graph}"
     results = [RunResult(seed=s, notes=[note]) for s in seeds]
-    bar = tqdm(range(cfg.epochs), desc=desc or f"seeds {','.join(map(str, seeds))}", disable=not progress,
-               leave=False)
-    start = time.perf_counter()
-    for epoch in bar:
-        t0 = time.perf_counter()
-        lr = cfg.lr * lr_factor(cfg, epoch)  # stepped per epoch, as upstream's LambdaLR
-        set_lr(eng.optimizer, lr)
-        eng.students.train()
-        loss_sum = torch.zeros(k, device=dev)
-        for draws in _epoch_draws(cfg, eng.loaders, eng.cache, epoch, dev):
-            loss_sum += run_step(*draws)
-        if eng.cache is not None and cfg.cache_mode == "record":
-            eng.cache.end_epoch(epoch)
-        epoch_loss = (loss_sum / len(eng.loaders[0])).tolist()  # one host sync per epoch
-        elapsed = time.perf_counter() - t0
-        for r, lval in zip(results, epoch_loss):
-            r.epochs.append({"epoch": epoch + 1, "loss": lval, "lr": lr, "time_s": elapsed})
-        if should_eval(cfg, epoch):
-            evaluated = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
-            for j, r in enumerate(results):
-                metrics = evaluate(evaluated.model(j), val_images, val_labels, cfg.mean, cfg.std,
-                                   cfg.eval_batch_size, cfg.amp)
-                r.evals.append({"epoch": epoch + 1, **metrics})
-            bar.set_postfix(loss=f"{epoch_loss[0]:.3f}", top1=f"{results[0].evals[-1]['top1']:.1f}")
-        else:
-            bar.set_postfix(loss=f"{epoch_loss[0]:.3f}")
+    pos = _Position()
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        results, pos = _restore(eng, state, dev)
+    stop = checkpoint.stop if checkpoint is not None else None
+    # A recording soft-label cache keeps the epoch's draws in memory until the epoch ends: stop there.
+    whole_epochs = eng.cache is not None and cfg.cache_mode == "record"
+    start = time.perf_counter() - pos.train_time_s
+
+    def save(epoch: int, step: int, loss_sum: torch.Tensor | None, images: int) -> None:
+        assert checkpoint is not None
+        checkpoint.save({"epoch": epoch, "step": step, "loss_sum": None if loss_sum is None else loss_sum.cpu(),
+                         "images": images, "train_time_s": time.perf_counter() - start,
+                         "students": eng.students.state_dict(), "optimizer": eng.optimizer.state_dict(),
+                         "ema": None if eng.ema is None else [t.cpu() for t in eng.ema.params],
+                         "results": [dataclasses.asdict(r) for r in results], "rng": torch.get_rng_state()})
+
+    def interrupted(epoch: int) -> Interrupted:
+        assert stop is not None and stop.signum is not None
+        runs = ", ".join(f"seed {r.seed}" for r in results)
+        return Interrupted(stop.signum, f"{desc or 'training'} ({runs}) at epoch {epoch + 1} of {cfg.epochs}")
+
+    images = pos.images
+    with Progress(cfg.epochs, desc or f"seeds {','.join(map(str, seeds))}", enabled=progress,
+                  start=pos.epoch) as shown:
+        for epoch in range(pos.epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = cfg.lr * lr_factor(cfg, epoch)  # stepped per epoch, as upstream's LambdaLR
+            set_lr(eng.optimizer, lr)
+            eng.students.train()
+            resumed = epoch == pos.epoch and pos.step > 0
+            loss_sum = pos.loss_sum.to(dev) if resumed and pos.loss_sum is not None else torch.zeros(k, device=dev)
+            steps = pos.step if resumed else 0
+            # The draws of every step come from (seed, epoch): skipping the steps already taken
+            # reproduces the rest of the epoch exactly.
+            for inputs in itertools.islice(eng.source.epoch(epoch), steps, None):
+                if stop and not whole_epochs:
+                    save(epoch, steps, loss_sum, images)
+                    raise interrupted(epoch)
+                if not images and not steps:
+                    for r in results:
+                        r.first_step_s = process_age()
+                loss_sum += run_step(*inputs)
+                steps += 1
+            if steps == 0:
+                raise RD3Error(f"epoch {epoch + 1} had no training step (--batch-size {cfg.batch_size} with "
+                               f"--drop-last on {eng.source.images_per_epoch()} images?)")
+            eng.source.end_epoch(epoch)
+            images += eng.source.images_per_epoch()
+            epoch_loss = (loss_sum / steps).tolist()  # one host sync per epoch
+            elapsed = time.perf_counter() - t0
+            for r, lval in zip(results, epoch_loss):
+                if r.failure is not None:
+                    continue
+                finite = math.isfinite(lval)
+                r.epochs.append({"epoch": epoch + 1, "loss": lval if finite else None, "lr": lr, "time_s": elapsed})
+                if not finite:  # not a result: the run failed here (strict JSON: no NaN in the record)
+                    r.failure = {"epoch": epoch + 1, "reason": f"non-finite training loss ({lval}) in epoch "
+                                 f"{epoch + 1}; check the learning rate and the teacher weights"}
+            live = [j for j, r in enumerate(results) if r.failure is None]
+            if not live:
+                break
+            top1 = None
+            if should_eval(cfg, epoch):
+                evaluated = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
+                for j in live:
+                    metrics = evaluate(evaluated.model(j), val_images, val_labels, cfg.mean, cfg.std,
+                                       cfg.eval_batch_size, cfg.amp)
+                    results[j].evals.append({"epoch": epoch + 1, **metrics})
+                top1 = results[live[0]].evals[-1]["top1"]
+            shown.epoch(epoch + 1, epoch_loss[live[0]], top1, images / max(time.perf_counter() - start, 1e-9))
+            if checkpoint is not None and epoch + 1 < cfg.epochs and (stop or checkpoint.due(epoch + 1)):
+                save(epoch + 1, 0, None, images)
+                if stop:
+                    raise interrupted(epoch + 1)
     train_time = time.perf_counter() - start
     final = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
     out = []
     for j, r in enumerate(results):
         r.train_time_s = train_time
-        ld = eng.loaders[j]
-        per_epoch = len(ld) * cfg.batch_size if cfg.drop_last else len(ld.images)
-        r.images_per_s = cfg.epochs * per_epoch / max(train_time, 1e-9)  # per run; K runs went at once
+        r.images_per_s = images / max(train_time, 1e-9)  # per run; K runs went at once
         out.append((r, final.model(j) if k == 1 else copy.deepcopy(final.model(j))))
     if graphed:
         for r in results:
@@ -268,28 +478,42 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
         for r in results:
             r.notes.append(f"soft-label cache {eng.cache.path}: {size / 2**20:.2f} MiB, FKD-style storage "
                            f"would be {fkd / 2**20:.2f} MiB (1/{fkd / max(size, 1):.0f})")
+    if checkpoint is not None and checkpoint.writes:
+        for r in results:
+            r.notes.append(checkpoint.report(train_time))
     return out
 
 
+@dataclass
+class _Position:
+    """Where a group resumes: epoch, steps done in it, their loss sum, images so far, time so far."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: torch.Tensor | None = None
+    images: int = 0
+    train_time_s: float = 0.0
+
+
+def _restore(eng: Engine, state: dict[str, Any], device: torch.device) -> tuple[list[RunResult], _Position]:
+    eng.students.load_state_dict(state["students"])
+    eng.optimizer.load_state_dict(state["optimizer"])
+    if eng.ema is not None:
+        for mine, saved in zip(eng.ema.params, state["ema"]):
+            mine.copy_(saved)
+    torch.set_rng_state(state["rng"])
+    results = [RunResult(**r) for r in state["results"]]
+    for r in results:
+        r.notes.append(f"resumed from a checkpoint at epoch {state['epoch'] + 1}, step {state['step']}")
+    return results, _Position(state["epoch"], state["step"], state["loss_sum"], state["images"],
+                              state["train_time_s"])
+
+
 def _eager(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
-    def run(idx: list, params: list, cached: list) -> torch.Tensor:
+    def run(*inputs: Any) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        return step(idx, params, cached)
+        return step(*inputs)
     return run
-
-
-def _epoch_draws(cfg: Config, loaders: list[ResidentLoader], cache: SoftLabelCache | None, epoch: int,
-                 device: torch.device):
-    """Per step: ([idx per seed], [params per seed], [cached soft labels per seed] or [])."""
-    if cache is not None and cfg.cache_mode == "replay":
-        # Every seed replays the recorded stream: the same batches and labels, new students.
-        for idx, params, soft in cache.epoch(epoch, device):
-            yield [idx] * len(loaders), [params] * len(loaders), [soft] * len(loaders)
-        return
-    for ld in loaders:
-        ld.set_epoch(epoch)
-    for draws in zip(*(ld.draws() for ld in loaders)):
-        yield [d[0] for d in draws], [d[1] for d in draws], []
 
 
 def _open_cache(cfg: Config, exp: Experiment) -> SoftLabelCache:

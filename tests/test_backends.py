@@ -17,9 +17,10 @@ from PIL import Image
 
 from rd3fast import backends
 from rd3fast.aug import normalize
-from rd3fast.backends import list_image_folder, make_reader, resolve_loader
+from rd3fast.backends import make_reader, resolve_loader
 from rd3fast.data import BUILTIN, load_real
 from rd3fast.errors import RD3Error
+from rd3fast.folders import list_image_folder
 from rd3fast.prepare import export_folder
 
 FM = BUILTIN["fashion-mnist"]

@@ -3,6 +3,7 @@ writing JSON of the shared schema (benchmarks/common.py); plus the reference tra
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -146,3 +147,34 @@ def test_drop_in_lines_run_as_documented() -> None:
     exec(code.replace("...  #", "seen.append((mix_images, labels, soft))  #"), {**env, "seen": seen})
     [(x, y, soft)] = seen
     assert x.shape == (6, 3, 224, 224) and x.dtype == torch.float32 and soft.shape == (6, 10) and y.shape == (6,)
+
+
+def test_bench_cpu_quick(tmp_path: Path) -> None:
+    """bench_cpu.py --quick: the rd3fast CLI and the plain loop each run once end to end on digits (teacher
+    and set prepared with the CLIs into tmp_path); both variants measured, the three targets computed."""
+    out = tmp_path / "bench_cpu.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Four CLI processes (pretrain, distill, plain loop, rd3fast.run): ~30 s on two idle cores; the timeout
+    # leaves room for a loaded machine.
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_cpu.py"), "--quick", "--work", str(tmp_path / "work"),
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    check_report(data, "bench_cpu")
+    rows = {r["variant"]: r for r in data["results"]}
+    assert set(rows) == {"plain", "rd3fast"} and all(r["workload"] == "digits" for r in rows.values())
+    for row in rows.values():
+        assert row["status"] == "ok" and row["img_per_s"] > 0, row
+        assert row["first_step_s"] > 0 and row["wall_s"] > row["first_step_s"], row
+        assert row["user_s"] > 0 and 0 <= row["top1"] <= 100, row
+    runs = data["runs"]
+    assert [r["variant"] for r in runs] == ["plain", "rd3fast"]
+    assert all(len(r["epoch_times_s"]) == 2 and r["images_per_epoch"] == 100 for r in runs)
+    targets = {t["target"]: t for t in data["targets"]}
+    assert len(targets) == 3
+    assert all(math.isfinite(t["value"]) and t["status"] in ("PASS", "FAIL") and t["meaningful"] is False
+               for t in targets.values())
+    ratio = targets["step img/s, rd3fast / plain"]["value"]
+    assert ratio == pytest.approx(rows["rd3fast"]["img_per_s"] / rows["plain"]["img_per_s"])
+    assert "CPU" in proc.stdout.splitlines()[0] and "step img/s" in proc.stdout
+    assert out.with_suffix(".md").read_text().count("| digits |") == 5

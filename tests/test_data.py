@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rd3fast import data
-from rd3fast.data import (BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real,
-                          read_class_map, read_idx)
+from rd3fast import data, decode
+from rd3fast.data import BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real, read_idx
 from rd3fast.errors import RD3Error
+from rd3fast.folders import read_class_map
 
 
 def rand_pixels(seed: int, h: int, w: int, c: int = 3) -> np.ndarray:
@@ -140,7 +140,7 @@ def test_mixed_sizes_error_and_load_size(tmp_path):
 def test_parallel_decode_matches_serial(tmp_path, monkeypatch):
     write_folder(tmp_path, ["a", "b", "c"], per_class=5, size=(7, 9))
     serial = load_distilled(tmp_path)
-    monkeypatch.setattr(data, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(decode, "PARALLEL_MIN", 0)
     parallel = load_real(str(tmp_path), "val", image_size=5, workers=2)
     serial_val = load_real(str(tmp_path), "val", image_size=5, workers=1)
     assert torch.equal(parallel.images, serial_val.images) and torch.equal(parallel.labels, serial.labels)
@@ -150,7 +150,7 @@ def test_parallel_decode_matches_serial(tmp_path, monkeypatch):
 def test_parallel_decode_reports_bad_file(tmp_path, monkeypatch):
     write_folder(tmp_path, ["a"], per_class=4)
     (tmp_path / "a" / "img01.png").write_bytes(b"broken")
-    monkeypatch.setattr(data, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(decode, "PARALLEL_MIN", 0)
     with pytest.raises(RD3Error, match=r"img01\.png"):
         load_real(str(tmp_path), "val", image_size=4, workers=2)
 

@@ -56,7 +56,7 @@ def test_weights_that_do_not_fit(tmp_path):
         load_weights(build_model("convnet-d1-w4", 5, 8), path, "convnet-d1-w4")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RD3Error, match="bad.pt is not a readable torch checkpoint"):
+    with pytest.raises(RD3Error, match="bad.pt is not a torch checkpoint"):
         read_state_dict(bad)
     with pytest.raises(RD3Error, match="does not exist"):
         read_state_dict(tmp_path / "missing.pt")

@@ -77,6 +77,22 @@ def test_evaluation_learns_and_writes_results(work, tmp_path, capsys):
     assert s["std"] >= 0 and (out / "curves.png").stat().st_size > 1000
 
 
+def test_log_file_progress_is_one_line_per_evaluation(work, tmp_path, capsys):
+    """stderr that is not a terminal (a Slurm log) gets plain lines, no bars; --no-progress gets nothing."""
+    _, teacher, syn = work
+    args = [a for a in eval_args(teacher, syn, tmp_path / "a", "--epochs", "4", "--eval-every", "2")
+            if a != "--no-progress"]
+    assert run.main(args) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if " epoch " in line]
+    assert "\r" not in err and len(lines) == 2, err
+    assert "epoch 2/4 loss" in lines[0] and "top-1" in lines[0] and "img/s ETA" in lines[0]
+    assert run.main(args + ["--no-progress", "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().err == ""
+    rec = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert 0 < rec["runs"][0]["first_step_s"] < rec["runs"][0]["first_step_s"] + rec["runs"][0]["train_time_s"]
+
+
 def test_same_seed_same_run(work):
     _, teacher, syn = work
     cfg = resolve("rd3-small", overrides=dict(dataset="digits", distilled=str(syn), teacher=(ARCH,),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def entries(root: Path) -> list[str]:
 def test_cache_equals_the_decode_and_is_reused(fm_jpg: Path, cache_env: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     ref = load_real(str(fm_jpg), "val", image_size=28, resize_ratio=0.875, workers=1)
-    cached = load_real(str(fm_jpg), "val", image_size=28, resize_ratio=0.875, workers=2, cache=True)
+    cached = valcache.load_real(str(fm_jpg), "val", image_size=28, resize_ratio=0.875, workers=2, cache=True)
     assert cached.images.dtype == torch.uint8 and cached.images.shape == (200, 3, 28, 28)
     assert torch.equal(cached.images, ref.images.expand(-1, 3, -1, -1)) and torch.equal(cached.labels, ref.labels)
     assert cached.classes == ref.classes
@@ -54,7 +53,7 @@ def test_cache_equals_the_decode_and_is_reused(fm_jpg: Path, cache_env: Path,
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(valcache, "_uint8_batches", no_decode)
-    again = load_real(str(fm_jpg), "val", image_size=28, resize_ratio=0.875, cache="auto")
+    again = valcache.load_real(str(fm_jpg), "val", image_size=28, resize_ratio=0.875, cache="auto")
     assert torch.equal(again.images, cached.images) and entries(cache_env) == names
 
 
@@ -89,7 +88,7 @@ def test_corrupt_image_leaves_nothing(fm_jpg: Path, tmp_path: Path, cache_env: P
     shutil.copytree(fm_jpg, root)
     (root / "07" / "00005.jpg").write_bytes(b"\xff\xd8\xff truncated")
     with pytest.raises(RD3Error, match=r"07/00005\.jpg"):
-        load_real(str(root), "val", image_size=28, workers=2, cache=True)
+        valcache.load_real(str(root), "val", image_size=28, workers=2, cache=True)
     assert entries(cache_env) == []
 
 
@@ -100,7 +99,7 @@ def test_prepare_cli_and_explicit_cache_dir(fm_jpg: Path, tmp_path: Path, capsys
                "--workers", "1"])
     assert rc == 0 and "200 images (3, 24, 24) uint8" in capsys.readouterr().out
     assert len(entries(tmp_path / "c2")) == 3
-    s = load_real(str(fm_jpg), "val", image_size=24, cache=str(tmp_path / "c2"))
+    s = valcache.load_real(str(fm_jpg), "val", image_size=24, cache=str(tmp_path / "c2"))
     assert torch.equal(s.images, load_real(str(fm_jpg), "val", image_size=24).images.expand(-1, 3, -1, -1))
     assert main(["cache", "--source", str(tmp_path / "nope"), "--image-size", "24"]) == 2
 
@@ -119,26 +118,31 @@ def test_experiment_prepare_reads_val_folders_through_the_cache(fm_jpg: Path, tm
 
 @pytest.mark.skipif(not backends.available("dali"), reason="DALI not installed")
 def test_dali_decoded_cache_is_close_to_pil(fm_jpg: Path) -> None:
-    pil = load_real(str(fm_jpg), "val", image_size=28, cache=True, decoder="pil")
-    dali = load_real(str(fm_jpg), "val", image_size=28, cache=True, decoder="dali")
+    pil = valcache.load_real(str(fm_jpg), "val", image_size=28, cache=True, decoder="pil")
+    dali = valcache.load_real(str(fm_jpg), "val", image_size=28, cache=True, decoder="dali")
     assert torch.equal(pil.labels, dali.labels)
     d = (pil.images.int() - dali.images.int()).abs()
     assert d.float().mean() < 1.0 and d.max() <= 8
 
 
-def test_evaluate_from_cache_matches_and_beats_redecoding(fm_jpg: Path) -> None:
+def test_evaluate_from_cache_matches_redecoding(fm_jpg: Path) -> None:
+    """Evaluating from the cache gives the numbers of a fresh decode (its speed is a benchmark's job:
+    benchmarks/bench_readers.py, not a timed test that a busy CI machine would fail)."""
     from rd3fast.train import evaluate
 
     torch.manual_seed(0)
     model = build_model("convnet-d2-w8", 10, 28).eval()
-    t0 = time.perf_counter()
     decoded = load_real(str(fm_jpg), "val", image_size=28, workers=1)
     ref = evaluate(model, decoded.images.expand(-1, 3, -1, -1), decoded.labels, FM.mean, FM.std, 64)
-    t_decode = time.perf_counter() - t0
-    load_real(str(fm_jpg), "val", image_size=28, cache=True)  # the one decode
-    t0 = time.perf_counter()
-    cached = load_real(str(fm_jpg), "val", image_size=28, cache=True)
-    got = valcache.evaluate(model, cached, FM.mean, FM.std, batch_size=64)
-    t_cache = time.perf_counter() - t0
-    assert got == ref
-    assert t_cache < t_decode  # the >= 5x claim is measured on a full pass by benchmarks/bench_readers.py
+    valcache.load_real(str(fm_jpg), "val", image_size=28, cache=True)  # the one decode
+    cached = valcache.load_real(str(fm_jpg), "val", image_size=28, cache=True)
+    assert cached.images.is_contiguous() and cached.images.dtype == torch.uint8
+    assert evaluate(model, cached.images, cached.labels, FM.mean, FM.std, 64) == ref
+
+
+def test_cache_off_and_builtins_read_without_an_entry(fm_jpg: Path, cache_env: Path) -> None:
+    off = valcache.load_real(str(fm_jpg), "val", image_size=28, cache="off")
+    assert torch.equal(off.images, load_real(str(fm_jpg), "val", image_size=28).images)
+    builtin = valcache.load_real("fashion-mnist", "val", image_size=20, cache=True)
+    assert torch.equal(builtin.images, load_real("fashion-mnist", "val", image_size=20).images)
+    assert entries(cache_env) == []

@@ -11,62 +11,20 @@ validation cache stores). Two modes:
   a square resize + zero-padded random crop (``"random_crop"``) or a square resize (``"none"``), then a
   horizontal flip with probability ``flip_p``.
 
-Images and labels come from the same listing as the PIL path (``list_image_folder``: sorted class folders
-or a class map, files sorted by name), so labels and order agree with ``data.load_real`` exactly.
+Images and labels come from the same listing as the PIL path (``folders.list_image_folder``: sorted class
+folders or a class map, files sorted by name), so labels and order agree with ``data.load_real`` exactly.
 DALI and FFCV are imported only when used; a missing one is an RD3Error naming the pip extra.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Sequence
 
 import torch
 
-from ..aug import eval_normalize
 from ..errors import RD3Error
-
-BACKENDS = ("pil", "dali", "ffcv")
-LOADERS = ("auto",) + BACKENDS
-MODES = ("val", "train")
-CROPS = ("rrc", "random_crop", "none")
-_EXTRAS = {"dali": ("nvidia.dali", "pip install 'rd3fast[dali]' (the nvidia-dali-cuda130 wheel; it also runs "
-                                   "CPU-only pipelines)"),
-           "ffcv": ("ffcv", "apt-get install pkg-config libopencv-dev libturbojpeg0-dev, then "
-                            "pip install 'rd3fast[ffcv]' && pip install --no-deps ffcv==1.0.2 (see setup.sh)")}
-
-
-class Reader(Protocol):
-    """What every backend returns: an iterable of (x, y) batches that knows its length and class names."""
-
-    classes: list[str]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-    def __len__(self) -> int: ...
-
-
-def available(name: str) -> bool:
-    """Whether backend ``name`` can be imported here (pil always can)."""
-    if name == "pil":
-        return True
-    if name not in _EXTRAS:
-        raise RD3Error(f"--loader: unknown backend {name!r}; expected one of {', '.join(LOADERS)}")
-    try:
-        return importlib.util.find_spec(_EXTRAS[name][0]) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require(name: str) -> Any:
-    """Import backend ``name``'s library or raise an RD3Error that says how to install it."""
-    module, how = _EXTRAS[name]
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise RD3Error(f"--loader {name}: {module} is not installed ({e}); install it with: {how}") from None
+from ..folders import list_image_folder
+from .common import BACKENDS, CROPS, LOADERS, MODES, Reader, available, check_args, require
 
 
 def resolve_loader(name: str, device: torch.device | str, source: str | Path | None = None) -> str:
@@ -82,66 +40,6 @@ def resolve_loader(name: str, device: torch.device | str, source: str | Path | N
     if torch.device(device).type == "cuda" and available("dali"):
         return "dali"
     return "pil"
-
-
-@dataclass(frozen=True)
-class ImageList:
-    """An ImageFolder's files and labels in rd3fast's order (the one ``data.load_real`` decodes in)."""
-
-    files: tuple[str, ...]
-    labels: tuple[int, ...]
-    classes: tuple[str, ...]
-    root: str
-
-
-def list_image_folder(root: str | Path, class_map: str | Path | None = None) -> ImageList:
-    """Files and labels of an ImageFolder exactly as ``data.load_real``/``load_distilled`` read it."""
-    from ..data import _class_names, _list_images
-
-    p = Path(root)
-    if not p.is_dir():
-        raise RD3Error(f"image folder {p} does not exist or is not a directory")
-    classes = _class_names(p, class_map)
-    files: list[str] = []
-    labels: list[int] = []
-    for index, name in enumerate(classes):
-        images = _list_images(p / name)
-        files += [str(f) for f in images]
-        labels += [index] * len(images)
-    return ImageList(tuple(files), tuple(labels), tuple(classes), str(p))
-
-
-def short_side(image_size: int, resize_ratio: float) -> int:
-    """The shorter side before the centre crop, as ``data.load_real`` computes it (256 for 224 at 0.875)."""
-    return round(image_size / resize_ratio)
-
-
-def check_args(mode: str, image_size: int, resize_ratio: float, crop: str, output: str) -> None:
-    if mode not in MODES:
-        raise RD3Error(f"reader mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    if image_size < 1:
-        raise RD3Error(f"--image-size: the reader needs an image size >= 1, got {image_size}")
-    if not 0 < resize_ratio <= 1:
-        raise RD3Error(f"--val-resize-ratio: expected a value in (0, 1], got {resize_ratio}")
-    if crop not in CROPS:
-        raise RD3Error(f"--crop: the streaming readers support {', '.join(CROPS)}, got {crop!r}")
-    if output not in ("float", "uint8"):
-        raise RD3Error(f"reader output: expected float or uint8, got {output!r}")
-
-
-def finish(x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float], output: str,
-           device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 N x 3 x H x W (any device) -> the reader's batch: normalized float32 (or uint8) and int64 labels
-    on ``device``. The normalization is ``aug.normalize``'s (x / 255 - mean) / std, fused into one multiply
-    and one subtract in place (4x faster on CPU; equal to it within float rounding, ~1e-7)."""
-    x = x.to(device, non_blocking=True)
-    y = y.reshape(-1).to(device=device, dtype=torch.int64, non_blocking=True)
-    if output == "uint8":
-        return x, y
-    x = eval_normalize(x, tuple(mean), tuple(std))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
 
 
 def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_size: int,
@@ -177,5 +75,5 @@ def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_si
     raise RD3Error(f"--loader: expected one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-__all__ = ["BACKENDS", "LOADERS", "ImageList", "Reader", "available", "list_image_folder", "make_reader",
-           "require", "resolve_loader"]
+__all__ = ["BACKENDS", "CROPS", "LOADERS", "MODES", "Reader", "available", "make_reader", "require",
+           "resolve_loader"]

@@ -2,7 +2,7 @@
 
 On a CUDA device the decoder is ``mixed`` (nvJPEG on the GPU) and resize/crop/flip run on the GPU; without
 one the pipeline is built with ``device_id=None`` and everything runs on the CPU threads. The pipeline
-emits uint8 HWC images which become N x 3 x S x S and are normalized by ``backends.finish`` (the same
+emits uint8 HWC images which become N x 3 x S x S and are normalized by ``backends.common.finish`` (the same
 ``aug.normalize`` as everywhere), so batches match the PIL reader's up to the decoders' JPEG rounding.
 
 Validation geometry is computed inside the graph from each image's header so that it is torchvision's:
@@ -16,8 +16,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..decode import default_workers, short_side
 from ..errors import RD3Error
-from . import ImageList, finish, require, short_side
+from ..folders import ImageList
+from .common import finish, require
 
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG SOI + marker, PNG signature
@@ -106,8 +108,6 @@ class DALIReader:
         require("dali")
         from nvidia.dali import pipeline_def
 
-        from ..data import _default_workers
-
         self.device = torch.device(device)
         self.classes = list(listing.classes)
         self.listing, self.mode = listing, mode
@@ -119,7 +119,7 @@ class DALIReader:
         self.mean, self.std, self.output = tuple(mean), tuple(std), output
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if gpu else None
-        threads = workers or _default_workers()
+        threads = workers or default_workers()
         build = pipeline_def(_pipeline, batch_size=batch_size, num_threads=threads, device_id=device_id,
                              seed=seed, prefetch_queue_depth=2)
         self.pipe = build(listing, mode=mode, size=image_size, short=short_side(image_size, resize_ratio),

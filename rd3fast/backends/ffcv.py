@@ -4,7 +4,7 @@
 setup.sh; FFCV 1.0.2 is installed ``--no-deps`` so that pip does not pull opencv-python next to the
 headless build). Everything here runs on CPU: the reader's pipeline is decode -> [flip / translate] ->
 ToTensor (-> ToDevice on CUDA), and the uint8 NHWC batch is turned into normalized N x 3 x S x S by
-``backends.finish`` (the same ``aug.normalize`` as everywhere), so no cupy is needed. The first epoch of a
+``backends.common.finish`` (the same ``aug.normalize`` as everywhere), so no cupy is needed. The first epoch of a
 Loader JIT-compiles its pipeline (a few seconds).
 
 Geometry: validation uses FFCV's ``CenterCropRGBImageDecoder(S, ratio)``: a centred square of side
@@ -29,8 +29,12 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_tmp
+from ..cachedir import cache_root
+from ..data import BUILTIN, load_real
+from ..decode import default_workers
 from ..errors import RD3Error
-from . import ImageList, finish, list_image_folder, require
+from ..folders import ImageList, folder_fingerprint, list_image_folder
+from .common import finish, require
 
 WRITE_MODES = ("raw", "jpg")
 
@@ -88,8 +92,6 @@ def write_beton(source: str | Path, out: str | Path, *, split: str = "train", wr
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    from ..data import BUILTIN, _default_workers, load_real
-
     if write_mode not in WRITE_MODES:
         raise RD3Error(f"--write-mode: expected one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100:
@@ -113,7 +115,7 @@ def write_beton(source: str | Path, out: str | Path, *, split: str = "train", wr
             items = _FolderItems(listing, errors)
         fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
                                          jpeg_quality=jpeg_quality), "label": IntField()}
-        n_workers = max(1, min(workers or _default_workers(), len(items)))
+        n_workers = max(1, min(workers or default_workers(), len(items)))
         DatasetWriter(tmp, fields, num_workers=n_workers).from_indexed_dataset(
             items, chunksize=max(1, min(100, math.ceil(len(items) / n_workers))))
         if os.path.exists(errors) and os.path.getsize(errors):
@@ -147,9 +149,6 @@ def beton_for(source: str | Path, *, split: str = "train", class_map: str | Path
     covers the folder listing (names, sizes, mtimes) or the built-in + split, and the write settings.
     write_mode None: raw for built-ins (small, lossless), jpg (quality 95) for folders (raw pixels of a
     large JPEG folder would take ~10x its size)."""
-    from ..data import BUILTIN
-    from ..valcache import cache_root, folder_fingerprint
-
     if write_mode is None:
         write_mode = "raw" if str(source) in BUILTIN else "jpg"
 
@@ -173,8 +172,6 @@ class FFCVReader:
         from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor
-
-        from ..data import _default_workers
 
         self.beton = Path(beton)
         if not self.beton.is_file():
@@ -201,7 +198,7 @@ class FFCVReader:
             label.append(ToDevice(self.device, non_blocking=True))
         try:
             self.loader = Loader(
-                str(self.beton), batch_size=batch_size, num_workers=workers or _default_workers(), os_cache=True,
+                str(self.beton), batch_size=batch_size, num_workers=workers or default_workers(), os_cache=True,
                 order=OrderOption.RANDOM if mode == "train" else OrderOption.SEQUENTIAL, seed=seed,
                 drop_last=drop_last and mode == "train", pipelines={"image": image, "label": label})
         except Exception as e:  # noqa: BLE001 - FFCV raises assorted types for a bad file

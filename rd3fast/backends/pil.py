@@ -1,9 +1,9 @@
 """The PIL reference reader: a torch DataLoader whose worker processes decode with PIL.
 
-Validation mode decodes each image with ``data._decode_image`` and the same ``_Fit`` (Resize(shorter side)
+Validation mode decodes each image with ``decode.decode_image`` and the same ``Fit`` (Resize(shorter side)
 + CenterCrop) as ``data.load_real``, so its pixels are the reference the other backends are compared to.
 Train mode is the usual torchvision recipe on PIL images (RandomResizedCrop or resize + padded random
-crop, then flip). Labels and order come from ``list_image_folder``.
+crop, then flip). Labels and order come from ``folders.list_image_folder``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..decode import Fit, decode_image, default_workers
 from ..errors import RD3Error
-from . import ImageList, finish, short_side
+from ..folders import ImageList
+from .common import finish
 
 
 def _to_chw3(arr: np.ndarray) -> torch.Tensor:
@@ -29,11 +31,9 @@ def _to_chw3(arr: np.ndarray) -> torch.Tensor:
 class _Images(torch.utils.data.Dataset):
     def __init__(self, listing: ImageList, mode: str, image_size: int, resize_ratio: float, crop: str,
                  rrc_scale: Sequence[float], rrc_ratio: Sequence[float], crop_padding: int, flip_p: float):
-        from ..data import _Fit
-
         self.files, self.labels = listing.files, listing.labels
         self.mode, self.size, self.crop = mode, image_size, crop
-        self.fit = _Fit(short=short_side(image_size, resize_ratio), crop=image_size)
+        self.fit = Fit.centre_crop(image_size, resize_ratio)
         self.rrc_scale, self.rrc_ratio = tuple(rrc_scale), tuple(rrc_ratio)
         self.padding, self.flip_p = crop_padding, flip_p
 
@@ -41,10 +41,8 @@ class _Images(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from ..data import _decode_image
-
         if self.mode == "val":
-            return _to_chw3(_decode_image(Path(self.files[i]), self.fit)), self.labels[i]
+            return _to_chw3(decode_image(Path(self.files[i]), self.fit)), self.labels[i]
         return self._train_item(i), self.labels[i]
 
     def _train_item(self, i: int) -> torch.Tensor:
@@ -76,13 +74,11 @@ class PILReader:
                  mean: Sequence[float], std: Sequence[float], batch_size: int, device: Any, seed: int,
                  workers: int | None, crop: str, rrc_scale: Sequence[float], rrc_ratio: Sequence[float],
                  crop_padding: int, flip_p: float, drop_last: bool, output: str) -> None:
-        from ..data import _default_workers
-
         self.listing, self.mode, self.batch_size = listing, mode, batch_size
         self.mean, self.std, self.output = tuple(mean), tuple(std), output
         self.device = torch.device(device)
         self.classes = list(listing.classes)
-        self.workers = _default_workers() if workers is None else workers
+        self.workers = default_workers() if workers is None else workers
         self.drop_last = drop_last and mode == "train"
         self.seed, self.epoch = seed, 0
         self.dataset = _Images(listing, mode, image_size, resize_ratio, crop, rrc_scale, rrc_ratio,

@@ -1,0 +1,97 @@
+"""Checkpoint and resume: an interrupted run continues where it stopped and ends with the numbers of an
+uninterrupted one (exactly, on the CPU); signals checkpoint and exit 128 + signal; one writer per --out."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from rd3fast.checkpoint import Checkpointing, Interrupted, StopRequest
+from rd3fast.errors import RD3Error
+from rd3fast.lock import OutputLock
+from rd3fast.train import train_seeds
+from tests.test_engine import params_of, toy_experiment
+
+
+class StopAfter(StopRequest):
+    """A stop request that arrives after ``checks`` looks at it (the loop looks once per step)."""
+
+    def __init__(self, checks: int, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.left, self.pending = checks, signum
+
+    def __bool__(self) -> bool:
+        self.left -= 1
+        if self.left < 0:
+            self.signum = self.pending
+        return self.signum is not None
+
+
+def strip(result):
+    """The numbers of a run (what must not change), without timings and notes."""
+    return ([(e["epoch"], e["loss"], e["lr"]) for e in result.epochs], result.evals, result.failure)
+
+
+@pytest.mark.parametrize("stop_at,seeds,overrides", [
+    (3, [0], {}),  # mid-epoch (4 steps per epoch)
+    (4, [0], {"ema_decay": 0.9}),  # at an epoch boundary, EMA state included
+    (6, [0, 1], {"rded_extra_forward": True}),  # K runs at once, mid-epoch
+])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, seeds, overrides):
+    settings = dict(epochs=3, batch_size=10, **overrides)
+    straight = train_seeds(toy_experiment(**settings), seeds, progress=False)
+
+    ckpt = Checkpointing(tmp_path / "group.pt", every=0, stop=StopAfter(stop_at), identity={"k": 1})
+    with pytest.raises(Interrupted) as stopped:
+        train_seeds(toy_experiment(**settings), seeds, progress=False, checkpoint=ckpt)
+    assert stopped.value.exit_code == 143 and "run the same command to resume" in stopped.value.message()
+    assert ckpt.path.is_file()
+
+    resumed = train_seeds(toy_experiment(**settings), seeds, progress=False,
+                          checkpoint=Checkpointing(tmp_path / "group.pt", identity={"k": 1}))
+    for (a, ma), (b, mb) in zip(straight, resumed):
+        assert strip(a) == strip(b)
+        assert torch.equal(params_of(ma), params_of(mb))
+        assert any("resumed from a checkpoint" in n for n in b.notes)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    ckpt = Checkpointing(tmp_path / "g.pt", stop=StopAfter(1), identity={"config": {"lr": 1}})
+    with pytest.raises(Interrupted):
+        train_seeds(toy_experiment(), [0], progress=False, checkpoint=ckpt)
+    other = Checkpointing(tmp_path / "g.pt", identity={"config": {"lr": 2}})
+    with pytest.raises(RD3Error, match="different run.*config.*--restart"):
+        other.load()
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    with pytest.raises(RD3Error, match="unreadable"):
+        Checkpointing(tmp_path / "bad.pt").load()
+
+
+def test_automatic_interval_keeps_checkpointing_under_one_percent(tmp_path):
+    ckpt = Checkpointing(tmp_path / "g.pt", every=0, identity={})
+    [(r, _)] = train_seeds(toy_experiment(epochs=6), [0], progress=False, checkpoint=ckpt)
+    assert ckpt.writes >= 1  # the first one measures the write
+    assert any(n.startswith("checkpoints: ") for n in r.notes)
+    every2 = Checkpointing(tmp_path / "h.pt", every=2, identity={})
+    train_seeds(toy_experiment(epochs=6), [0], progress=False, checkpoint=every2)
+    assert every2.writes == 2  # after epochs 2 and 4 (never after the last: the results are written then)
+
+
+def test_non_finite_loss_marks_the_run_failed(tmp_path):
+    [(r, _)] = train_seeds(toy_experiment(lr=1e30, epochs=3), [0], progress=False)
+    s = r.summary()
+    assert s["status"] == "failed" and s["last_top1"] is None
+    assert s["failure"]["epoch"] >= 1 and "non-finite" in s["failure"]["reason"]
+    assert all(e["loss"] is None or e["loss"] == e["loss"] for e in s["epochs"])  # no NaN in the record
+
+
+def test_a_second_writer_is_stopped_with_the_holders_pid(tmp_path):
+    import os
+
+    with OutputLock.folder(tmp_path / "out"):
+        with pytest.raises(RD3Error, match=f"in use by another rd3fast run \\(pid {os.getpid()}"):
+            OutputLock.folder(tmp_path / "out").acquire()
+    with OutputLock.folder(tmp_path / "out"):  # released: free again
+        pass
+    assert not (tmp_path / "out").exists()  # it wrote nothing, so it left nothing
