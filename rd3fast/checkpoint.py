@@ -26,27 +26,13 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
-from .errors import RD3Error
+from .errors import Interrupted, RD3Error
+
+__all__ = ["AUTO_FACTOR", "Checkpointing", "Interrupted", "StopRequest"]
 
 AUTO_FACTOR = 100  # auto interval: at least 100x the last write time between checkpoints -> < 1 % overhead
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s is not None)
 SCHEMA = 1
-
-
-class Interrupted(Exception):
-    """Raised by the loop after it checkpointed on a stop request."""
-
-    def __init__(self, signum: int, where: str) -> None:
-        super().__init__(where)
-        self.signum, self.where = signum, where
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-    def message(self) -> str:
-        name = signal.Signals(self.signum).name
-        return f"{name}: interrupted in {self.where}; run the same command to resume"
 
 
 class StopRequest:
@@ -102,8 +88,8 @@ class Checkpointing:
     def save(self, state: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         state = {"schema": SCHEMA, "identity": self.identity, **state}
-        with atomic_write(self.path) as tmp:
-            torch.save(state, tmp)
+        with atomic_write(self.path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)  # to a file object: a full disk is an OSError (atomic_write's one line)
         self._last_write_s = time.perf_counter() - t0
         self.write_s += self._last_write_s
         self.writes += 1

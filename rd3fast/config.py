@@ -111,7 +111,8 @@ class Config:
     compile_teacher: bool = False  # torch.compile the teachers (CUDA)
     cache: str | None = None  # soft-label cache folder (augmentation draws + top-k teacher logits)
     cache_mode: str = "off"  # record: write the cache while training | replay: train from it, no teacher
-    cache_topk: int = 5  # logits kept per image (fp16) + the mean of the rest; 0 = all logits
+    cache_topk: int = -1  # logits kept per image + the mean of the rest; 0 = all; -1 = all up to 100 classes, else 5
+    cache_bits: int = 16  # stored logits: 16 = fp16; 8 = 8-bit codes with a per-image offset and step (lossy)
     # --- upstream quirks, each defaults to upstream behaviour in that method's preset ----------------
     rded_extra_forward: bool = False  # RDED validation/main.py: extra no-grad train-mode student forward
     edc_noop_shuffle: bool = False  # EDC: the patch-shuffle list is built but the unshuffled one is used
@@ -140,7 +141,8 @@ INT_LIMIT = 2**31 - 1
 # The lowest value of each integer field (all are counts or sizes; 0 means "unset" where documented).
 _INT_AT_LEAST = {1: ("epochs", "batch_size", "patch_shuffle", "eval_every", "eval_batch_size", "step_size",
                      "parallel_seeds"),
-                 0: ("num_classes", "image_size", "load_size", "warmup_epochs", "crop_padding", "cache_topk")}
+                 0: ("num_classes", "image_size", "load_size", "warmup_epochs", "crop_padding"),
+                 -1: ("cache_topk",)}
 
 
 def validate(cfg: Config) -> None:
@@ -191,6 +193,8 @@ def validate(cfg: Config) -> None:
             f"--teacher-weights: got {len(cfg.teacher_weights)} file(s) for {len(cfg.teacher)} teacher(s) "
             f"({', '.join(cfg.teacher)}); give one --teacher-weights per --teacher"
         )
+    if cfg.cache_bits not in (8, 16):
+        raise RD3Error(f"--cache-bits: expected 8 or 16, got {cfg.cache_bits}")
     if cfg.cache_mode != "off" and not cfg.cache:
         raise RD3Error(f"--cache-mode {cfg.cache_mode}: needs --cache FOLDER")
     if cfg.sched == "multistep" and not cfg.milestones:

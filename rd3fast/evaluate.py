@@ -66,7 +66,8 @@ def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path
             set_cfg = exp.cfg.replace(distilled=path)
             records[name] = {"schema": 1, "name": name, "config": set_cfg.to_dict(),
                              "environment": environment(exp.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             "train_images": len(data[name].images), "val_images": len(exp.val.images), "runs": []}
+                             "train_images": len(data[name].images), "val_images": len(exp.val.images),
+                             "teachers": exp.relabeler.inputs if exp.relabeler is not None else [], "runs": []}
         finished = _finished_runs(records, outs, restart) if outs is not None else {}
         runs = [(name, seed) for name in names for seed in exp.cfg.seeds if seed not in finished.get(name, {})]
         step = exp.cfg.parallel_seeds  # runs trained at once

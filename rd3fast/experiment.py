@@ -92,7 +92,8 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     # stand in for the teacher's.
     if cfg.cache_mode != "replay" and (cfg.loss != "ce" or cfg.teacher_weights):
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
-                                  logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train)
+                                  logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train, input_mean=mean,
+                                  input_std=std, teacher_mean=cfg.teacher_mean, teacher_std=cfg.teacher_std)
         data.check_num_classes(f"teacher {'+'.join(cfg.teacher)}", relabeler.num_classes(size), k)
 
     # Real folders are decoded once into the uint8 validation cache (valcache); built-ins are not cached.

@@ -142,7 +142,7 @@ def _three(v: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cliargs import ArgumentParser
+    from .cliargs import ArgumentParser, integer
     from .outputs import check_output_file
 
     p = ArgumentParser(prog="python -m rd3fast.pretrain", description=__doc__.split("\n\n")[0],
@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--preset", default="pretrain", help="recipe to start from")
     p.add_argument("--config", default=None, help="JSON file of config keys")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-evaluation lines")
+    p.add_argument("--restart", action="store_true", help="discard the checkpoint <out>.ckpt and start over")
+    p.add_argument("--checkpoint-every", type=integer(0), default=0, metavar="EPOCHS",
+                   help="checkpoint to <out>.ckpt every N epochs (and on SIGINT/SIGTERM/SIGUSR1); 0: automatically "
+                        "(under 1%% of training time)")
     add_config_flags(p)
     args = p.parse_args(argv)
 
@@ -164,12 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --loader dali|ffcv streams --train (FOLDER or .beton; ffcv also a built-in) every epoch; pil
         # decodes it once and keeps it resident; auto: DALI on CUDA, else pil.
         stream = wants_streaming(cfg.loader, args.train, cfg.dataset, pick_device(cfg.device))
-        if stream:
-            pretrain_streaming(cfg, args.out, args.train or cfg.dataset, stream, progress=not args.no_progress)
-            return
-        train_set = load_distilled(args.train, load_size=cfg.load_size, progress=not args.no_progress) \
-            if args.train else None
-        pretrain(cfg, args.out, train_set=train_set, progress=not args.no_progress)
+        with StopRequest() as stop:  # SIGINT/SIGTERM/SIGUSR1: checkpoint, one line, exit 128 + signal
+            resume = dict(restart=args.restart, checkpoint_every=args.checkpoint_every, stop=stop)
+            if stream:
+                pretrain_streaming(cfg, args.out, args.train or cfg.dataset, stream, progress=not args.no_progress,
+                                   **resume)
+                return
+            train_set = load_distilled(args.train, load_size=cfg.load_size, progress=not args.no_progress) \
+                if args.train else None
+            pretrain(cfg, args.out, train_set=train_set, progress=not args.no_progress, **resume)
 
     return cli(body)
 

@@ -22,11 +22,14 @@ from typing import Sequence
 
 from . import config as config_mod
 from .config import PRESETS, add_config_flags, config_from_args
-from .cliargs import ArgumentParser
-from .errors import RD3Error, cli
-from .evaluate import evaluate_sets, table_row
+from .cliargs import ArgumentParser, integer
+from .errors import RD3Error, cli, print_error
+from .checkpoint import StopRequest
+from .evaluate import evaluate_sets, failed_runs, table_row
 from .outputs import check_folder_name, check_output_dir
 from .results import format_table
+
+EXIT_FAILED_RUN = 3  # a run stopped being a result (non-finite loss): recorded as failed, exit 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="name of the set in tables, one per set when --distilled lists "
                                               "several (comma-separated) [folder name]")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-evaluation lines")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the results and checkpoints already in --out and start over (default: keep "
+                        "finished seeds, resume an interrupted one, refuse results of another config)")
+    p.add_argument("--checkpoint-every", type=integer(0), default=0, metavar="EPOCHS",
+                   help="checkpoint every N epochs (and on SIGINT/SIGTERM/SIGUSR1); 0: automatically, keeping "
+                        "the cost under 1%% of training time")
     p.add_argument("--demo", action="store_true", help="run the embedded demo (same as no arguments)")
     add_config_flags(p)
     return p
@@ -87,12 +96,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         outs = {n: root / n for n in names}
     for out in outs.values():  # before the data is even read: results are written only after training
         check_output_dir(out, "--out")
-    records = evaluate_sets(cfg, dict(zip(names, paths)), outs, progress=not args.no_progress)
-    print()
-    print(format_table([table_row(r) for r in records]))
+    with StopRequest() as stop:  # SIGINT/SIGTERM/SIGUSR1: checkpoint, one line, exit 128 + signal
+        records = evaluate_sets(cfg, dict(zip(names, paths)), outs, progress=not args.no_progress,
+                                restart=args.restart, checkpoint_every=args.checkpoint_every, stop=stop)
+    rows = [table_row(r) for r in records if r["summary"] is not None]
+    if rows:
+        print()
+        print(format_table(rows))
     for name, out in outs.items():
         print(f"results: {out / 'results.json'}  curves: {out / 'curves.png'}")
-    return 0
+    failed = failed_runs(records)
+    for line in failed:  # not a result: said on stderr, recorded in results.json, and a non-zero exit
+        print_error(line)
+    return EXIT_FAILED_RUN if failed else 0
 
 
 def _set_names(paths: list[str | None], given: str) -> list[str]:

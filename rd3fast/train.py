@@ -407,7 +407,8 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
     def interrupted(epoch: int) -> Interrupted:
         assert stop is not None and stop.signum is not None
         runs = ", ".join(f"seed {r.seed}" for r in results)
-        return Interrupted(stop.signum, f"{desc or 'training'} ({runs}) at epoch {epoch + 1} of {cfg.epochs}")
+        return Interrupted(stop.signum, f"{desc or 'training'} ({runs}) at epoch {epoch + 1} of {cfg.epochs}",
+                           resumable=True)
 
     images = pos.images
     with Progress(cfg.epochs, desc or f"seeds {','.join(map(str, seeds))}", enabled=progress,
@@ -473,6 +474,9 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
         for r in results:
             r.notes.append(f"{run_step.replays} of {run_step.replays + run_step.calls} steps replayed the graph "
                            f"(the others: {run_step.warmup} warm-up steps, and batches of another size)")
+    if eng.cache is not None and cfg.cache_mode == "replay":
+        for r in results:
+            r.notes.append(eng.cache.describe())
     if eng.cache is not None and cfg.cache_mode == "record":
         size, fkd = eng.cache.size_bytes(), eng.cache.fkd_bytes()
         for r in results:
@@ -520,6 +524,6 @@ def _open_cache(cfg: Config, exp: Experiment) -> SoftLabelCache:
     fingerprint = (f"{exp.train.source}|n={len(exp.train.images)}|size={cfg.image_size}|bs={cfg.batch_size}|"
                    f"shuffle={cfg.patch_shuffle}|crop={cfg.crop}{tuple(cfg.rrc_scale)}|mix={cfg.mix}|"
                    f"teacher={'+'.join(cfg.teacher)}")
-    return SoftLabelCache(cfg.cache, cfg.cache_mode, topk=cfg.cache_topk, num_images=len(exp.train.images),
+    return SoftLabelCache(cfg.cache, cfg.cache_mode, topk=cfg.cache_topk, bits=cfg.cache_bits, num_images=len(exp.train.images),
                           batch_size=cfg.batch_size, num_classes=cfg.num_classes,
                           shuffle_factor=1 if cfg.edc_noop_shuffle else cfg.patch_shuffle, fingerprint=fingerprint)

@@ -95,3 +95,73 @@ def test_a_second_writer_is_stopped_with_the_holders_pid(tmp_path):
     with OutputLock.folder(tmp_path / "out"):  # released: free again
         pass
     assert not (tmp_path / "out").exists()  # it wrote nothing, so it left nothing
+
+
+# --- through the CLI -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_work(tmp_path_factory):
+    from rd3fast import distill, pretrain
+
+    root = tmp_path_factory.mktemp("resume")
+    teacher = root / "teacher.pt"
+    assert pretrain.main(["--dataset", "digits", "--arch", "convnet-d2-w16", "--epochs", "2", "--batch-size", "64",
+                          "--out", str(teacher), "--no-progress"]) == 0
+    syn = root / "syn"
+    assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "3", "--out", str(syn)]) == 0
+    return teacher, syn
+
+
+def run_args(work, out, *extra):
+    teacher, syn = work
+    return ["--preset", "rd3-small", "--dataset", "digits", "--distilled", str(syn), "--teacher", "convnet-d2-w16",
+            "--teacher-weights", str(teacher), "--student", "convnet-d2-w16", "--epochs", "3", "--out", str(out),
+            "--no-progress", *extra]
+
+
+def test_rerun_keeps_finished_seeds_and_refuses_another_config(digits_work, tmp_path, capsys, monkeypatch):
+    import json
+
+    from rd3fast import run, train
+
+    out = tmp_path / "out"
+    assert run.main(run_args(digits_work, out, "--seeds", "0")) == 0
+    first = json.loads((out / "results.json").read_text())["runs"]
+    trained = []
+    real = train.train_seeds
+    monkeypatch.setattr(train, "train_seeds", lambda exp, seeds, **kw: trained.append(list(seeds)) or real(exp, seeds, **kw))
+    assert run.main(run_args(digits_work, out, "--seeds", "0,1")) == 0  # more seeds: only seed 1 trains
+    assert trained == [[1]]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and runs[0] == first[0]
+    capsys.readouterr()
+    assert run.main(run_args(digits_work, out, "--seeds", "0,1", "--lr", "0.002")) == 2
+    err = capsys.readouterr().err
+    assert "holds results of a different config (lr: 0.001 there, 0.002 now)" in err and "--restart" in err
+    assert run.main(run_args(digits_work, out, "--seeds", "0,1", "--lr", "0.002", "--restart")) == 0
+    assert trained[1:] == [[0], [1]]  # everything again, from scratch
+    assert json.loads((out / "results.json").read_text())["config"]["lr"] == 0.002
+
+
+def test_pretrain_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from rd3fast import pretrain, train
+
+    args = ["--dataset", "digits", "--arch", "convnet-d2-w8", "--epochs", "3", "--batch-size", "256", "--out",
+            str(tmp_path / "t.pt"), "--no-progress", "--checkpoint-every", "1"]
+    assert pretrain.main(args) == 0
+    straight = torch.load(tmp_path / "t.pt", weights_only=True)
+    (tmp_path / "t.pt").unlink()
+    real = train.train_seeds
+
+    def stopped_once(exp, seeds, **kw):
+        kw["checkpoint"].stop = StopAfter(5, signal.SIGUSR1)
+        return real(exp, seeds, **kw)
+
+    monkeypatch.setattr(train, "train_seeds", stopped_once)
+    assert pretrain.main(args) == 128 + signal.SIGUSR1
+    assert (tmp_path / "t.pt.ckpt").is_file() and not (tmp_path / "t.pt").exists()
+    monkeypatch.setattr(train, "train_seeds", real)
+    assert pretrain.main(args) == 0
+    resumed = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert not (tmp_path / "t.pt.ckpt").exists() and not (tmp_path / "t.pt.lock").exists()
+    assert resumed["val_top1"] == straight["val_top1"]
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in straight["state_dict"].items())

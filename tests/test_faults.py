@@ -1,0 +1,131 @@
+"""Faults, end to end through the CLI in subprocesses: kill -9 at points of a run, SIGTERM/SIGINT, two runs
+on one --out, a full filesystem. Work is never lost and a resumed run ends with the numbers of an
+uninterrupted one (exactly: on the CPU every step is deterministic)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rd3fast import distill, pretrain
+
+ARCH = "convnet-d2-w16"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    teacher = root / "teacher.pt"
+    assert pretrain.main(["--dataset", "digits", "--arch", ARCH, "--epochs", "2", "--batch-size", "64",
+                          "--out", str(teacher), "--no-progress"]) == 0
+    syn = root / "random_ipc5"
+    assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "5", "--out", str(syn)]) == 0
+    return root, teacher, syn
+
+
+def cli(work, out, *extra, epochs=30):
+    _, teacher, syn = work
+    return [sys.executable, "-m", "rd3fast.run", "--preset", "rd3-small", "--dataset", "digits",
+            "--distilled", str(syn), "--teacher", ARCH, "--teacher-weights", str(teacher), "--student", ARCH,
+            "--epochs", str(epochs), "--batch-size", "10", "--eval-every", "5", "--seeds", "0,1",
+            "--out", str(out), "--no-progress", "--checkpoint-every", "1", *extra]
+
+
+def start(args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def numbers(out: Path) -> list:
+    """What a run computed (losses, lrs, evaluations), without its timings."""
+    rec = json.loads((out / "results.json").read_text())
+    return [(r["seed"], r["status"], [(e["epoch"], e["loss"], e["lr"]) for e in r["epochs"]], r["evals"])
+            for r in rec["runs"]]
+
+
+@pytest.fixture(scope="module")
+def reference(work, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    t0 = time.perf_counter()
+    p = start(cli(work, out))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return numbers(out), time.perf_counter() - t0
+
+
+def test_kill_9_at_several_points_then_resume_equals_uninterrupted(work, reference, tmp_path):
+    expected, wall = reference
+    out = tmp_path / "out"
+    # Kills at spread-out moments of the run: during start-up, during steps and checkpoint writes
+    # (one is written every epoch), and between the two seeds.
+    for fraction in (0.35, 0.55, 0.75):
+        p = start(cli(work, out))
+        time.sleep(wall * fraction)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+    assert not list(out.rglob("*.tmp")), "a kill during a write must not leave a temporary file"
+    assert (out / "results.json").is_file() or list(out.glob(".checkpoints/*.pt")), "the kills lost all work"
+    p = start(cli(work, out))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert numbers(out) == expected
+    assert not list((out / ".checkpoints").glob("*.pt")), "finished groups leave no checkpoint behind"
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR1, 138)])
+def test_signal_checkpoints_says_one_line_and_resumes(work, reference, tmp_path, signum, code):
+    expected, wall = reference
+    out = tmp_path / "out"
+    p = start(cli(work, out))
+    deadline = time.time() + 300
+    while not list(out.glob(".checkpoints/*.pt")) and time.time() < deadline:  # training has started
+        time.sleep(0.05)
+    p.send_signal(signum)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted in" in lines[0] and "run the same command to resume" in lines[0]
+    assert signal.Signals(signum).name in lines[0]
+    p = start(cli(work, out))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert numbers(out) == expected
+
+
+def test_two_runs_on_one_out(work, tmp_path):
+    out = tmp_path / "out"
+    first = start(cli(work, out, epochs=200))
+    deadline = time.time() + 300
+    while not (out / ".rd3fast.lock").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    second = start(cli(work, out, epochs=200))
+    _, err = second.communicate(timeout=120)
+    first.kill()
+    first.wait()
+    assert second.returncode == 2
+    assert f"is in use by another rd3fast run (pid {first.pid} on " in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_full_filesystem_is_one_line_and_leaves_nothing(work, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        p = start(cli(work, disk / "out", epochs=2))
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert "free" in err and "Traceback" not in err
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)])
