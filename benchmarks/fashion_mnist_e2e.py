@@ -7,7 +7,7 @@
    Debian's Fashion-MNIST training split (/usr/share/datasets/fashion-mnist), tested on the 10k test split;
 2. distill IPC 10 and 50 twice: ``distill.random_real`` (DD-Ranking's random-real baseline) and
    ``distill.rded_select`` (RDED's teacher-scored selection, factor 1 at 28 px), written as ImageFolders;
-3. evaluate each set with ``run.evaluate_distilled`` under ``rd3-small`` and the upstream presets
+3. evaluate each set with ``evaluate.evaluate_distilled`` under ``rd3-small`` and the upstream presets
    (``rded-small``; full mode adds ``sre2l-cifar``), soft labels from the teacher, several seeds;
 4. print and write a Markdown table (``<out>/summary.md``) and ``<out>/summary.json`` with the machine.
 

@@ -81,7 +81,10 @@ class SoftLabelCache:
     """``record`` mode: ``add`` each step, ``end_epoch`` writes the epoch. ``replay`` mode: ``epoch``."""
 
     def __init__(self, path: str | Path, mode: str, *, topk: int = -1, bits: int = 16, num_images: int = 0,
-                 batch_size: int = 0, num_classes: int = 0, shuffle_factor: int = 1, fingerprint: str = "") -> None:
+                 batch_size: int = 0, num_classes: int = 0, shuffle_factor: int = 1, fingerprint: str = "",
+                 resume_epoch: int | None = None) -> None:
+        """``resume_epoch``: a recording run resumed from its checkpoint at that epoch continues this cache
+        (the epochs from there on are recorded again)."""
         if bits not in (8, 16):
             raise RD3Error(f"--cache-bits: expected 8 or 16, got {bits}")
         self.path, self.mode = Path(path), mode
@@ -101,8 +104,15 @@ class SoftLabelCache:
             if fingerprint and self.meta["fingerprint"] != fingerprint:
                 raise RD3Error(f"--cache {self.path} was recorded for another set or protocol "
                                f"({self.meta['fingerprint']}); expected {fingerprint}")
+        elif resume_epoch is not None and meta_file.is_file():
+            self.meta = _read_meta(meta_file)
+            if self.meta["fingerprint"] != fingerprint or self.meta["topk"] != resolve_topk(topk, num_classes) \
+                    or self.meta.get("bits", 16) != bits:
+                raise RD3Error(f"--cache {self.path} was recorded for another set, protocol or compression; "
+                               f"{_record_again(self.path)}")
+            self.meta["epochs"] = [e for e in self.meta["epochs"] if e < resume_epoch]
         else:
-            if self.path.exists() and any(self.path.iterdir()):
+            if self.path.exists() and any(self.path.iterdir()) and resume_epoch is None:
                 raise RD3Error(f"--cache {self.path} exists and is not empty; choose a new folder to record into")
             # Checked now, not when the first epoch's labels are written after it has been trained.
             nearest = next(p for p in (self.path, *self.path.parents) if p.exists())

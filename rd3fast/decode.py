@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,17 @@ def _pool_context() -> Any:
     return mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
 
 
+def _worker_signals() -> None:
+    """Pool initializer: a forked worker inherits the parent's Python signal handlers, and the CLIs turn
+    SIGTERM into a checkpoint request (``checkpoint.StopRequest``) that only the parent's loop reads. The pool
+    stops its workers with SIGTERM, so a worker keeping that handler never exits and the parent waits for
+    it forever. Workers get the defaults back; Ctrl-C is left to the parent, which then stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
 class _Serial:
     """The Pool surface ``decoded`` uses, run in this process."""
 
@@ -136,7 +148,9 @@ def decoded(files: Sequence[Path], fit: Fit, workers: int | None = None,
     workers = default_workers() if workers is None else workers
     parallel_min = PARALLEL_MIN if parallel_min is None else parallel_min
     job = partial(decode_image, fit=fit)
-    with _pool_context().Pool(workers) if workers > 1 and n > parallel_min else _Serial() as pool:
+    pool_or_serial = _pool_context().Pool(workers, initializer=_worker_signals) if workers > 1 and n > parallel_min \
+        else _Serial()
+    with pool_or_serial as pool:
         yield pool.imap(job, files, chunksize=max(1, min(64, n // (8 * max(workers, 1)))))
 
 

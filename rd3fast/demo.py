@@ -17,7 +17,8 @@ from pathlib import Path
 from .config import resolve
 from .data import BUILTIN, load_real
 from .distill import random_real, rded_select, write_image_folder
-from .evaluate import evaluate_distilled, table_row
+from .errors import RD3Error
+from .evaluate import evaluate_distilled, failed_runs, table_row
 from .experiment import pick_device
 from .pretrain import pretrain
 from .results import format_table, plot_curves, write_json
@@ -64,6 +65,8 @@ def run_demo(out: Path = Path("runs/demo"), progress: bool = True, epochs: int =
                 student=STUDENT, epochs=epochs, seeds=seeds, mean=info.mean, std=info.std, **common))
             rec = evaluate_distilled(cfg, out / f"{name}-{protocol}", name=name, progress=progress, verbose=False)
             records.append(rec)
+            if rec["summary"] is None:  # every seed's loss went non-finite: not a number to print
+                raise RD3Error("demo: " + "; ".join(failed_runs([rec])))
             s = rec["summary"]["last_top1"]
             print(f"[{time.perf_counter() - t0:5.1f}s] {name} under {protocol}: top-1 {s['mean']:.2f} ± "
                   f"{s['std']:.2f}", flush=True)

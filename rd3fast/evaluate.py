@@ -165,4 +165,4 @@ def table_row(record: dict[str, Any]) -> dict[str, Any]:
     """One set's record as a row of ``results.format_table`` (name, protocol, student, seeds, summary)."""
     cfg = record["config"]
     return {"name": record["name"], "preset": cfg["preset"], "student": cfg["student"],
-            "seeds": len(record["runs"]), "summary": record["summary"]}
+            "seeds": sum(r.get("status", "ok") == "ok" for r in record["runs"]), "summary": record["summary"]}

@@ -283,7 +283,8 @@ class Engine:
         return self.source.cache if isinstance(self.source, ResidentSource) else None
 
 
-def resident_source(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None) -> ResidentSource:
+def resident_source(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None,
+                    resume_epoch: int | None = None) -> ResidentSource:
     """One ResidentLoader per run (run j on ``sets[j]``, default exp.train) and the soft-label cache."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
     sets = list(sets) if sets is not None else [exp.train] * k
@@ -296,16 +297,16 @@ def resident_source(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageS
     loaders = [ResidentLoader(st.images, st.labels, spec, cfg.batch_size, seed=s, device=dev,
                               drop_last=cfg.drop_last, backend=cfg.aug_backend,
                               channels_last=dev.type == "cuda" and k == 1) for s, st in zip(seeds, sets)]
-    cache = _open_cache(cfg, exp) if cfg.cache_mode != "off" else None
+    cache = _open_cache(cfg, exp, resume_epoch) if cfg.cache_mode != "off" else None
     return ResidentSource(loaders, cache, cfg.cache_mode)
 
 
 def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None,
-                 source: BatchSource | None = None) -> Engine:
+                 source: BatchSource | None = None, resume_epoch: int | None = None) -> Engine:
     """Students (initialized from their seeds), optimizer, EMA and the step over ``source`` (default: the
     resident loaders of ``sets``, run j on sets[j], every run on exp.train when None)."""
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
-    source = source if source is not None else resident_source(exp, seeds, sets)
+    source = source if source is not None else resident_source(exp, seeds, sets, resume_epoch)
     models = []
     for s in seeds:
         torch.manual_seed(s)  # the student's initialization depends on its seed only
@@ -381,14 +382,14 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
     cfg, dev, k = exp.cfg, exp.device, len(seeds)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes every step, as the reference scripts set it
-    eng = build_engine(exp, seeds, sets, source)
+    state = checkpoint.load() if checkpoint is not None else None
+    eng = build_engine(exp, seeds, sets, source, resume_epoch=None if state is None else state["epoch"])
     val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
     graphed = eng.no_graph is None
     run_step: Callable = GraphedStep(eng.step, eng.optimizer) if graphed else _eager(eng.step, eng.optimizer)
     note = "whole step as one CUDA graph" if graphed else f"eager step: {eng.no_graph}"
     results = [RunResult(seed=s, notes=[note]) for s in seeds]
     pos = _Position()
-    state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
         results, pos = _restore(eng, state, dev)
     stop = checkpoint.stop if checkpoint is not None else None
@@ -520,10 +521,11 @@ def _eager(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
     return run
 
 
-def _open_cache(cfg: Config, exp: Experiment) -> SoftLabelCache:
+def _open_cache(cfg: Config, exp: Experiment, resume_epoch: int | None = None) -> SoftLabelCache:
     fingerprint = (f"{exp.train.source}|n={len(exp.train.images)}|size={cfg.image_size}|bs={cfg.batch_size}|"
                    f"shuffle={cfg.patch_shuffle}|crop={cfg.crop}{tuple(cfg.rrc_scale)}|mix={cfg.mix}|"
                    f"teacher={'+'.join(cfg.teacher)}")
     return SoftLabelCache(cfg.cache, cfg.cache_mode, topk=cfg.cache_topk, bits=cfg.cache_bits, num_images=len(exp.train.images),
                           batch_size=cfg.batch_size, num_classes=cfg.num_classes,
-                          shuffle_factor=1 if cfg.edc_noop_shuffle else cfg.patch_shuffle, fingerprint=fingerprint)
+                          shuffle_factor=1 if cfg.edc_noop_shuffle else cfg.patch_shuffle, fingerprint=fingerprint,
+                          resume_epoch=resume_epoch)

@@ -165,3 +165,19 @@ def test_pretrain_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "t.pt.ckpt").exists() and not (tmp_path / "t.pt.lock").exists()
     assert resumed["val_top1"] == straight["val_top1"]
     assert all(torch.equal(resumed["state_dict"][k], v) for k, v in straight["state_dict"].items())
+
+
+def test_recording_a_cache_resumes_at_an_epoch_boundary(tmp_path):
+    import numpy as np
+
+    settings = dict(epochs=3, cache_mode="record", cache_topk=2)
+    straight = train_seeds(toy_experiment(cache=str(tmp_path / "a"), **settings), [0], progress=False)
+    ckpt = Checkpointing(tmp_path / "g.pt", stop=StopAfter(2), identity={})  # mid-epoch 1: stops at its end
+    with pytest.raises(Interrupted):
+        train_seeds(toy_experiment(cache=str(tmp_path / "b"), **settings), [0], progress=False, checkpoint=ckpt)
+    resumed = train_seeds(toy_experiment(cache=str(tmp_path / "b"), **settings), [0], progress=False,
+                          checkpoint=Checkpointing(tmp_path / "g.pt", identity={}))
+    assert strip(straight[0][0]) == strip(resumed[0][0])
+    for epoch in range(3):
+        a, b = (np.load(tmp_path / d / f"epoch_{epoch:05d}.npz") for d in ("a", "b"))
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
