@@ -182,6 +182,29 @@ def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: flo
                    "and no such directory")
 
 
+def heldout_split(source: str, size: int, seed: int = 0, *, image_size: int = 0) -> ImageSet:
+    """``size`` images of built-in ``source``'s *training* split, drawn per class in equal shares (stratified)
+    with ``seed``: the split to choose hyper-parameters on instead of the test set."""
+    if source not in BUILTIN:
+        raise RD3Error(f"held-out split: {source!r} is not a built-in set ({', '.join(BUILTIN)}); a held-out "
+                       "split is carved from a built-in training set")
+    real = load_real(source, "train", image_size=image_size)
+    k = real.num_classes
+    if not 0 < size <= len(real.labels) or size % k:
+        raise RD3Error(f"held-out split of {source}: size {size} must be a positive multiple of its {k} classes "
+                       f"and at most {len(real.labels)}")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(k):
+        members = torch.nonzero(real.labels == c).flatten()
+        if len(members) < size // k:
+            raise RD3Error(f"held-out split of {source}: class {c} has only {len(members)} training images")
+        picks.append(members[torch.randperm(len(members), generator=g)[:size // k]])
+    index = torch.sort(torch.cat(picks)).values
+    return ImageSet(real.images[index].contiguous(), real.labels[index], real.classes,
+                    f"{source}:train-heldout-{size}-seed{seed}")
+
+
 def _split(source: str, split: str) -> str:
     if split in ("train", "val"):
         return split

@@ -30,6 +30,9 @@ class Experiment:
     # distilled set is de-normalized with (guessing them from the validation set would be silently wrong).
     distilled_mean: tuple[float, ...] = ()
     distilled_std: tuple[float, ...] = ()
+    # A held-out split of the real *training* set (3 channels), evaluated beside ``val`` at every
+    # evaluation: hyper-parameters are chosen on it, never on the test set (rd3fast.bench, select="heldout").
+    heldout: ImageSet | None = None
 
 
 def pick_device(requested: str) -> torch.device:

@@ -135,15 +135,18 @@ class RunResult:
     failure: dict[str, Any] | None = None  # {"epoch", "reason"} when the run stopped being a result
 
     def summary(self) -> dict[str, Any]:
-        """The run as results.json stores it; a failed run (or one never evaluated) has no metrics (null)."""
+        """The run as results.json stores it; a failed run (or one never evaluated) has no metrics (null).
+        With a held-out split, ``last_heldout_top1`` too (the last evaluation's)."""
         ok = self.failure is None and bool(self.evals)
         last = self.evals[-1] if ok else {"top1": None, "top5": None}
+        held = {"last_heldout_top1": last.get("heldout_top1")} if any("heldout_top1" in e for e in self.evals) else {}
         best = max(self.evals, key=lambda e: e["top1"]) if ok else last
         return {"seed": self.seed, "status": "ok" if self.failure is None else "failed", "failure": self.failure,
                 "last_top1": last["top1"], "last_top5": last["top5"],
                 "best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best.get("epoch"),
                 "train_time_s": self.train_time_s, "images_per_s": self.images_per_s,
-                "first_step_s": self.first_step_s, "epochs": self.epochs, "evals": self.evals, "notes": self.notes}
+                **held, "first_step_s": self.first_step_s, "epochs": self.epochs, "evals": self.evals,
+                "notes": self.notes}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -385,6 +388,7 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
     state = checkpoint.load() if checkpoint is not None else None
     eng = build_engine(exp, seeds, sets, source, resume_epoch=None if state is None else state["epoch"])
     val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
+    heldout = None if exp.heldout is None else (exp.heldout.images.to(dev), exp.heldout.labels.to(dev))
     graphed = eng.no_graph is None
     run_step: Callable = GraphedStep(eng.step, eng.optimizer) if graphed else _eager(eng.step, eng.optimizer)
     note = "whole step as one CUDA graph" if graphed else f"eager step: {eng.no_graph}"
@@ -455,8 +459,11 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
             if should_eval(cfg, epoch):
                 evaluated = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
                 for j in live:
-                    metrics = evaluate(evaluated.model(j), val_images, val_labels, cfg.mean, cfg.std,
-                                       cfg.eval_batch_size, cfg.amp)
+                    model = evaluated.model(j)
+                    metrics = evaluate(model, val_images, val_labels, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp)
+                    if heldout is not None:  # what hyper-parameter selection reads (never the test set)
+                        held = evaluate(model, *heldout, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp)
+                        metrics.update(heldout_top1=held["top1"], heldout_top5=held["top5"])
                     results[j].evals.append({"epoch": epoch + 1, **metrics})
                 top1 = results[live[0]].evals[-1]["top1"]
             shown.epoch(epoch + 1, epoch_loss[live[0]], top1, images / max(time.perf_counter() - start, 1e-9))

@@ -181,3 +181,21 @@ def test_recording_a_cache_resumes_at_an_epoch_boundary(tmp_path):
     for epoch in range(3):
         a, b = (np.load(tmp_path / d / f"epoch_{epoch:05d}.npz") for d in ("a", "b"))
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_heldout_split_is_evaluated_beside_the_test_set():
+    import dataclasses
+
+    from rd3fast.data import heldout_split
+
+    held = heldout_split("digits", 50, seed=3)
+    assert len(held.labels) == 50 and torch.bincount(held.labels).tolist() == [5] * 10
+    assert torch.equal(held.images, heldout_split("digits", 50, seed=3).images)
+    assert not torch.equal(held.images, heldout_split("digits", 50, seed=4).images)
+    exp = toy_experiment(epochs=2)
+    exp = dataclasses.replace(exp, heldout=exp.val)  # the toy set as its own held-out split
+    [(r, _)] = train_seeds(exp, [0], progress=False)
+    assert all(e["heldout_top1"] == e["top1"] for e in r.evals)
+    assert r.summary()["last_heldout_top1"] == r.evals[-1]["top1"]
+    with pytest.raises(RD3Error, match="multiple of its 10 classes"):
+        heldout_split("digits", 55)
