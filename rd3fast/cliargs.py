@@ -38,31 +38,24 @@ def _interval(lo: float | None, hi: float | None, lo_open: bool) -> str:
 def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: an integer in [lo, hi] (either end may be open-ended). argparse puts the flag's
     name in front of the message."""
-    what = f"an integer {_interval(lo, hi, False)}".strip()
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
+    return _ranged(int, f"an integer {_interval(lo, hi, False)}".strip(),
+                   lambda v: (lo is None or v >= lo) and (hi is None or v <= hi))
 
 
 def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], float]:
     """An argparse ``type``: a finite float in [lo, hi], or (lo, hi] with ``lo_open``."""
-    what = f"a number {_interval(lo, hi, lo_open)}".strip()
+    return _ranged(float, f"a number {_interval(lo, hi, lo_open)}".strip(),
+                   lambda v: math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo))
+                   and (hi is None or v <= hi))
 
-    def parse(text: str) -> float:
+
+def _ranged(kind: Callable[[str], Any], what: str, ok: Callable[[Any], bool]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo))
-                or (hi is not None and value > hi)):
+        if not ok(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
