@@ -27,8 +27,9 @@ fi
 
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
-# test + the readers: DALI (its CPU pipelines run without a GPU) and FFCV's runtime dependencies.
-.venv/bin/python -m pip install -q -e ".[test,dali,ffcv]"
+# test + the readers: DALI (its CPU pipelines run without a GPU) and FFCV's runtime dependencies; Ray for
+# the bench's Ray executor (tests/test_executors.py runs it on a local 2-CPU Ray).
+.venv/bin/python -m pip install -q -e ".[test,dali,ffcv,ray]"
 # FFCV itself: --no-deps, because it declares opencv-python, which would clash with the headless OpenCV
 # of the ffcv extra (and needs libGL); it builds a small C++ extension against the apt packages above.
 if pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then

@@ -37,7 +37,8 @@ class OutputLock:
         file = Path(file)
         return cls(file.with_name(file.name + ".lock"), file, flag)
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self, wait: bool = False) -> "OutputLock":
+        """Take the lock; held by another process: an RD3Error naming it, or with ``wait`` block until free."""
         import fcntl
 
         try:
@@ -49,7 +50,7 @@ class OutputLock:
             raise RD3Error(f"{self.flag} {self.output}: cannot create the lock file {self.path} "
                            f"({e.strerror})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
@@ -80,7 +81,7 @@ class OutputLock:
                 break
 
     def __enter__(self) -> "OutputLock":
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()  # ``with lock.acquire(wait=True):`` too
 
     def __exit__(self, *exc: Any) -> None:
         self.release()

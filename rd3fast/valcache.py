@@ -43,6 +43,7 @@ from .cachedir import CACHE_ENV, cache_root
 from .data import ImageSet
 from .decode import Fit, decoded
 from .errors import RD3Error
+from .lock import OutputLock
 from .folders import ImageList, folder_fingerprint, list_image_folder
 from .progress import bar
 
@@ -178,6 +179,21 @@ def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: st
     if all(f.is_file() for f in finals):
         return npy
     _writable_folder(folder, cache_dir)
+    # One builder per entry: a second run that needs the same entry waits for the first, then reads it,
+    # instead of decoding the same folder twice side by side.
+    with OutputLock.file(entry.with_suffix(".npy"), flag="--val-cache").acquire(wait=True):
+        if all(f.is_file() for f in finals):
+            return npy
+        return _build_entry(root, finals, key, desc, folder, cache_dir, image_size=image_size,
+                            resize_ratio=resize_ratio, decoder=decoder, class_map=class_map, workers=workers,
+                            device=device, progress=progress)
+
+
+def _build_entry(root: str | Path, finals: tuple[Path, Path, Path], key: str, desc: dict[str, Any], folder: Path,
+                 cache_dir: str | Path | None, *,
+                 image_size: int, resize_ratio: float, decoder: str, class_map: str | Path | None,
+                 workers: int | None, device: torch.device, progress: bool) -> Path:
+    npy, labels_npy, meta = finals
     listing = list_image_folder(root, class_map)
     n = len(listing.files)
     tmps: list[Path] = []

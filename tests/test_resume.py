@@ -199,3 +199,27 @@ def test_heldout_split_is_evaluated_beside_the_test_set():
     assert r.summary()["last_heldout_top1"] == r.evals[-1]["top1"]
     with pytest.raises(RD3Error, match="multiple of its 10 classes"):
         heldout_split("digits", 55)
+
+
+def test_a_cache_entry_being_built_makes_the_next_builder_wait(tmp_path):
+    import threading
+
+    entry = tmp_path / "entry.npy"
+    first = OutputLock.file(entry, "--val-cache").acquire()
+    order = []
+
+    def second():
+        with OutputLock.file(entry, "--val-cache").acquire(wait=True):
+            order.append("second")
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and order == []  # waiting, not failing
+    order.append("first done")
+    first.release()
+    t.join(10)
+    assert order == ["first done", "second"]
+    with pytest.raises(RD3Error, match="in use"):  # without wait: stops at once
+        with OutputLock.file(entry).acquire():
+            OutputLock.file(entry).acquire()
