@@ -5,14 +5,16 @@ classes x 2 bytes = 2 kB per image per epoch (28 GB at ImageNet-1K IPC50, 300 ep
 what *made* each batch instead — the augmentation parameters, a few bytes per image — plus the teacher's
 logits: all of them (``topk=0``), or the top k and the mean of the rest, as fp16 (``bits=16``) or as
 8-bit codes between the image's fp16 minimum and maximum (``bits=8``: half the bytes, lossy, each value
-within (max - min) / 510 of its fp16 value). ``resolve_topk`` picks
-the default: all logits up to ``LOSSLESS_CLASSES`` classes, where the top-k encoding saves little or
-nothing (10 classes: 20 B all, 22 B top-5), top-5 above (1000 classes: 2 kB all, 17 B top-5). A top-k
-replay is not the recording run's training: on Fashion-MNIST IPC 10 it cost about a point of top-1
-(benchmarks/RESULTS.md, "soft-label cache"). Every replay says in its results what it replayed.
+within (max - min) / 510 of its fp16 value). ``resolve_topk`` picks the default: all logits up to
+``LOSSLESS_CLASSES`` classes, where the top-k encoding saves little or nothing (10 classes: 20 B all, 17 B
+top-5 with uint8 classes), top-5 above (1000 classes: 2 kB all, 22 B top-5 with uint16 classes). A top-k
+replay is not the recording run's training: on Fashion-MNIST IPC 10 top-5 cost 0.9 points of top-1 and
+top-1 1.5 against on-the-fly training on the same batches, while all logits (fp16 or 8-bit) matched it
+within 0.06 (benchmarks/bench_cache.py; benchmarks/RESULTS.md, "Soft-label cache: size vs accuracy").
+Every replay says in its results what it replayed.
 
     per image per epoch: index (2-4 B) + crop box (4 x int16) + flip (1 B) + PatchShuffle orders as
-    permutation ranks (2 x 1-2 B) + mixing partner (1-2 B) + top-k values (fp16) and classes (int16)
+    permutation ranks (2 x 1-2 B) + mixing partner (1-2 B) + top-k values (fp16) and classes (uint16)
     + tail mean (fp16)                     -> about 36 B at k=5, f=2, batch <= 256: ~1/55 of FKD's.
 
 Replay rebuilds every batch from the stored parameters with the same augmentation ops, so the recorded

@@ -112,7 +112,7 @@ class Config:
     cache: str | None = None  # soft-label cache folder (augmentation draws + top-k teacher logits)
     cache_mode: str = "off"  # record: write the cache while training | replay: train from it, no teacher
     cache_topk: int = -1  # logits kept per image + the mean of the rest; 0 = all; -1 = all up to 100 classes, else 5
-    cache_bits: int = 16  # stored logits: 16 = fp16; 8 = 8-bit codes with a per-image offset and step (lossy)
+    cache_bits: int = 16  # stored logits: 16 = fp16; 8 = 8-bit codes between each image's min and max (lossy)
     # --- upstream quirks, each defaults to upstream behaviour in that method's preset ----------------
     rded_extra_forward: bool = False  # RDED validation/main.py: extra no-grad train-mode student forward
     edc_noop_shuffle: bool = False  # EDC: the patch-shuffle list is built but the unshuffled one is used

@@ -58,6 +58,9 @@ def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path
         if outs is not None:
             for name in names:  # one writer per output: a second run on a folder stops here, at once
                 held.enter_context(OutputLock.folder(outs[name]))
+            for name in names:  # temporary files of a writer killed mid-write (we hold the lock: no one writes)
+                for debris in [*outs[name].glob("*.tmp"), *outs[name].glob(f"{CHECKPOINTS}/*.tmp")]:
+                    debris.unlink(missing_ok=True)
         # Every bad input (any of the sets included) is reported here, before anything is written.
         exp = prepare(cfg.replace(distilled=paths[0]), progress=progress)
         data = dict(zip(names, [exp.train, *load_more_sets(exp, paths[1:], progress=progress)]))

@@ -194,6 +194,7 @@ def _build_entry(root: str | Path, finals: tuple[Path, Path, Path], key: str, de
                  image_size: int, resize_ratio: float, decoder: str, class_map: str | Path | None,
                  workers: int | None, device: torch.device, progress: bool) -> Path:
     npy, labels_npy, meta = finals
+    entry = npy.with_suffix("")
     listing = list_image_folder(root, class_map)
     n = len(listing.files)
     tmps: list[Path] = []

@@ -178,3 +178,39 @@ def test_bench_cpu_quick(tmp_path: Path) -> None:
     assert ratio == pytest.approx(rows["rd3fast"]["img_per_s"] / rows["plain"]["img_per_s"])
     assert "CPU" in proc.stdout.splitlines()[0] and "step img/s" in proc.stdout
     assert out.with_suffix(".md").read_text().count("| digits |") == 5
+
+
+def test_bench_cache_quick(tmp_path: Path) -> None:
+    """bench_cache.py --quick: digits, a teacher and set made with the CLIs; on-the-fly, same-stream and two
+    cache variants (record seed 0, replay seeds 0 and 1) as rd3fast.run processes; sizes, accuracy and checks."""
+    out = tmp_path / "bench_cache.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Eight CLI processes (pretrain, distill, on-the-fly, same-stream, 2 x record + replay): ~50 s on two idle
+    # cores; the timeout leaves room for a loaded machine.
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_cache.py"), "--quick", "--work", str(tmp_path / "work"),
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    check_report(data, "bench_cache")
+    rows = {r["variant"]: r for r in data["results"]}
+    assert list(rows) == ["on-the-fly", "same-stream", "all-fp16", "top5-8bit"]
+    assert all(len(r["top1"]) == 2 and 0 <= r["top1_mean"] <= 100 for r in rows.values())
+    otf, same, full, lossy = rows.values()
+    assert otf["top1"][0] == same["top1"][0]  # seed 0 on seed 0's draws either way
+    assert (full["topk"], full["bits"]) == (0, 16) and (lossy["topk"], lossy["bits"]) == (5, 8)
+    assert full["compression"] == "all logits, fp16" and "(lossy)" in lossy["compression"]
+    # 10 classes: the full fp16 logits are 20 B of an image's 31 array bytes; top-5 + tail as codes 15 B.
+    assert full["payload_per_img_epoch"] == pytest.approx(31.3, abs=0.5)
+    assert lossy["payload_per_img_epoch"] < full["payload_per_img_epoch"] - 4
+    assert full["bytes_per_img_epoch"] > full["payload_per_img_epoch"]  # npz headers on top
+    assert full["fkd_per_img_epoch"] == 2 * 10 + 17
+    for r in (full, lossy):
+        assert r["notes_name_compression"] is True and r["record_equals_otf_seed0"] is True, r
+        assert r["diff_vs_otf"] == pytest.approx(r["top1_mean"] - otf["top1_mean"])
+        assert r["paired_diffs"] == pytest.approx([a - b for a, b in zip(r["top1"], same["top1"])])
+    kinds = [(p["variant"], p["kind"]) for p in data["processes"]]
+    assert kinds == [("on-the-fly", "on-the-fly"), ("same-stream", "same-stream"), ("all-fp16", "record"),
+                     ("all-fp16", "replay"), ("top5-8bit", "record"), ("top5-8bit", "replay")]
+    assert not any("--teacher-weights" in p["cmd"] for p in data["processes"] if p["kind"] == "replay")
+    assert "CPU" in proc.stdout.splitlines()[0] and "| all-fp16 | all logits, fp16 |" in proc.stdout
+    assert out.with_suffix(".md").read_text().count("| top5-8bit |") == 1

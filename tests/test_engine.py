@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rd3fast.cache import PermCodec, SoftLabelCache
+from rd3fast.cache import PermCodec, SoftLabelCache, resolve_topk
 from rd3fast.config import PRESETS, resolve
 from rd3fast.data import ImageSet
 from rd3fast.errors import RD3Error
@@ -122,6 +122,137 @@ def test_cache_errors(tmp_path):
         SoftLabelCache(tmp_path / "full", "record")
     with pytest.raises(RD3Error, match="--cache FOLDER"):
         resolve(overrides=dict(cache_mode="replay"))
+
+
+class _Fp16Logits(torch.nn.Module):
+    """A teacher whose logits are fp16 values already: what a lossless (fp16) cache stores of them is exact."""
+
+    def __init__(self, relabeler: torch.nn.Module) -> None:
+        super().__init__()
+        self.relabeler = relabeler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relabeler(x).half().float()
+
+
+def _replay(exp, folder, seeds, **overrides):
+    cfg = exp.cfg.replace(cache=str(folder), cache_mode="replay", **overrides)
+    no_teacher = Experiment(cfg=cfg, train=exp.train, val=exp.val, relabeler=None, device=exp.device)
+    return [r for r, _ in train_seeds(no_teacher, seeds, progress=False)]
+
+
+def test_cache_default_at_10_classes_is_lossless(tmp_path):
+    """10 classes, default --cache-topk (-1): every logit is stored as fp16 (top-k would save nothing). What
+    replay gives back is exactly the teacher's logits rounded to fp16, so a replay of the recorded seed is the
+    recording run with fp16-rounded soft labels: bit for bit when the teacher's logits are fp16 values, and
+    within that rounding's effect otherwise."""
+    exp = toy_experiment(classes=10, n_per=4, cache=str(tmp_path / "c"), cache_mode="record")
+    assert exp.cfg.cache_topk == -1 and exp.cfg.cache_bits == 16
+    [(recorded, rec_model)] = train_seeds(exp, [0], progress=False)
+    cache = SoftLabelCache(tmp_path / "c", "replay")
+    assert cache.meta["topk"] == 0 and cache.meta["bits"] == 16
+    from rd3fast.aug import AugSpec
+    from rd3fast.loader import ResidentLoader
+
+    cfg = exp.cfg
+    spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
+    loader = ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=0)
+    with torch.no_grad():
+        for epoch in (0, 1):
+            for idx, p, soft in cache.epoch(epoch, torch.device("cpu")):
+                assert soft.shape == (len(idx), 10)
+                assert torch.equal(soft, exp.relabeler(loader.batch(idx, p).x).half().float())
+
+    [replayed] = _replay(exp, tmp_path / "c", [0])
+    for a, b in zip(recorded.epochs, replayed.epochs):  # only the fp16 rounding of the logits differs
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+    # With a teacher whose logits are fp16 values, recording and replaying seed 0 train the same student.
+    exact = toy_experiment(classes=10, n_per=4, cache=str(tmp_path / "e"), cache_mode="record")
+    exact.relabeler = _Fp16Logits(exact.relabeler)
+    [(recorded, rec_model)] = train_seeds(exact, [0], progress=False)
+    no_teacher = Experiment(cfg=exact.cfg.replace(cache_mode="replay"), train=exact.train, val=exact.val,
+                            relabeler=None, device=exact.device)
+    [(replayed, rep_model)] = train_seeds(no_teacher, [0], progress=False)
+    assert [e["loss"] for e in recorded.epochs] == [e["loss"] for e in replayed.epochs]
+    assert [e["top1"] for e in recorded.evals] == [e["top1"] for e in replayed.evals]
+    assert torch.equal(params_of(rec_model), params_of(rep_model))
+
+
+def test_cache_resolve_topk():
+    assert [resolve_topk(-1, n) for n in (10, 100, 101, 1000)] == [0, 0, 5, 5]
+    assert [resolve_topk(k, 10) for k in (0, 1, 5, 9, 10, 50)] == [0, 1, 5, 9, 0, 0]
+
+
+@pytest.mark.parametrize("topk", [0, 3])
+def test_cache_8bit_codes_within_half_a_step(tmp_path, topk):
+    """--cache-bits 8: each replayed value is within (max - min) / 510 of the fp16 value a 16-bit cache would
+    replay (max and min over the image's stored values: all logits, or the top k and the mean of the rest)."""
+    exp = toy_experiment(classes=10, n_per=4, cache=str(tmp_path / "c"), cache_mode="record", cache_topk=topk,
+                         cache_bits=8)
+    train_seeds(exp, [0], progress=False)
+    cache = SoftLabelCache(tmp_path / "c", "replay")
+    assert cache.meta["bits"] == 8 and cache.meta["topk"] == topk
+    from rd3fast.aug import AugSpec
+    from rd3fast.loader import ResidentLoader
+
+    cfg = exp.cfg
+    spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
+    loader = ResidentLoader(exp.train.images, exp.train.labels, spec, cfg.batch_size, seed=0)
+    n = 0
+    with torch.no_grad():
+        for idx, p, soft in cache.epoch(1, torch.device("cpu")):
+            logits = exp.relabeler(loader.batch(idx, p).x)
+            if topk:
+                top = logits.topk(topk, 1)
+                tail = (logits.sum(1) - top.values.sum(1)) / (logits.shape[1] - topk)
+                stored = torch.cat([top.values, tail[:, None]], 1)
+                rest_lo = soft.scatter(1, top.indices, float("inf")).amin(1, keepdim=True)
+                rest_hi = soft.scatter(1, top.indices, float("-inf")).amax(1, keepdim=True)
+                assert torch.equal(rest_lo, rest_hi)  # every other class gets the one stored tail value
+                got = torch.cat([soft.gather(1, top.indices), rest_lo], 1)
+            else:
+                stored, got = logits, soft
+            fp16 = stored.half().float()
+            half_step = (fp16.amax(1, keepdim=True) - fp16.amin(1, keepdim=True)) / 510
+            # fp32 arithmetic of the decode (min + code * step): a few units in the last place of the value
+            assert ((got - fp16).abs() <= half_step + 1e-6 * fp16.abs().amax(1, keepdim=True)).all()
+            assert (half_step > 0).all()
+            n += len(idx)
+    assert n == 40
+
+
+def test_cache_8bit_codec_edge_cases():
+    from rd3fast.cache import _decode, _encode
+
+    torch.manual_seed(0)
+    for scale in (1e-3, 1.0, 30.0, 1e3):
+        v = torch.randn(500, 10) * scale + torch.randn(500, 1) * 3 * scale
+        codes, q = _encode(v, 8)
+        assert codes.dtype == torch.uint8 and q.dtype == torch.float16 and q.shape == (500, 2)
+        fp16 = v.half().float()
+        err = (_decode(codes, q) - fp16).abs()
+        half_step = (fp16.amax(1, keepdim=True) - fp16.amin(1, keepdim=True)) / 510
+        assert (err <= half_step + 1e-6 * fp16.abs().amax(1, keepdim=True)).all(), scale
+        assert codes.amin(1).eq(0).all() and codes.amax(1).eq(255).all()  # min and max decode exactly
+    flat = torch.full((3, 10), 2.25)
+    assert torch.equal(_decode(*_encode(flat, 8)), flat)  # one value per row: every code 0, exact
+
+
+def test_cache_replay_notes_name_the_compression(tmp_path):
+    exp = toy_experiment(classes=10, n_per=4, epochs=1, cache=str(tmp_path / "full"), cache_mode="record")
+    [(recorded, _)] = train_seeds(exp, [0], progress=False)
+    assert any("soft-label cache" in n and "FKD" in n for n in recorded.notes)
+    replays = _replay(exp, tmp_path / "full", [0, 1])
+    for r in replays:
+        [note] = [n for n in r.notes if "replayed" in n]
+        assert "all logits, fp16" in note and "lossy" not in note and "1 recorded epoch" in note, note
+    lossy = toy_experiment(classes=10, n_per=4, epochs=1, cache=str(tmp_path / "k2"), cache_mode="record",
+                           cache_topk=2, cache_bits=8)
+    train_seeds(lossy, [0], progress=False)
+    [r] = _replay(lossy, tmp_path / "k2", [3])
+    [note] = [n for n in r.notes if "replayed" in n]
+    assert "top-2 logits + the mean of the rest, 8-bit codes (lossy)" in note, note
 
 
 def test_graph_fallback_reasons():

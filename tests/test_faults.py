@@ -71,12 +71,14 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(work, referen
         time.sleep(wall * fraction)
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
-    assert not list(out.rglob("*.tmp")), "a kill during a write must not leave a temporary file"
     assert (out / "results.json").is_file() or list(out.glob(".checkpoints/*.pt")), "the kills lost all work"
     p = start(cli(work, out))
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert numbers(out) == expected
+    # A kill -9 during a write can leave its temporary file (nothing can catch SIGKILL); the next run on
+    # the folder, which holds the lock, removes such debris.
+    assert not list(out.rglob("*.tmp"))
     assert not list((out / ".checkpoints").glob("*.pt")), "finished groups leave no checkpoint behind"
 
 
