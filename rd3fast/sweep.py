@@ -833,7 +833,7 @@ def write_text_if_changed(path: str | Path, text: str) -> bool:
         if p.read_text() == text:
             return False
     except (OSError, UnicodeDecodeError):
-        pass
+        pass  # missing or unreadable: (re)write it below
     with atomic_write(p) as tmp:
         tmp.write_text(text)
     return True
