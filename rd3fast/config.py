@@ -33,6 +33,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cuda_graph": ("auto", "on", "off"),
     "cache_mode": ("off", "record", "replay"),
     "loader": ("auto", "pil", "dali", "ffcv"),
+    "aug": ("standard", "dsa"),
+    "label_source": ("teacher", "set"),
 }
 
 
@@ -77,9 +79,16 @@ class Config:
     step_size: int = 30  # sched=step
     milestones: tuple[int, ...] = ()  # sched=multistep
     gamma: float = 0.1  # step/multistep decay factor
+    lr_from_set: bool = False  # lr = the set's learned lr (lr_best.pt); `--lr from-set` sets this
+    sgd_reset_at_decay: bool = False  # MTT evaluate_synset: a fresh SGD (no momentum) at every lr decay
     ema_decay: float = 0.0  # 0: no EMA of the student weights
     eval_ema: bool = False  # evaluate the EMA weights instead of the raw ones
     # --- augmentation (order: patch shuffle -> crop -> flip -> normalize -> mix) ---------------------
+    aug: str = "standard"  # standard: the fields below | dsa: DC/MTT DiffAugment on model-space images, then mix
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # aug=dsa: families, one drawn per batch
+    zca: bool = False  # ZCA-whiten training and validation images (MTT/DD-Ranking: kornia, eps 0.1); aug=dsa
+    zca_eps: float = 0.1  # regularization added to the covariance eigenvalues
+    zca_train: str | None = None  # real set the ZCA is fitted on; None: --dataset's training split
     patch_shuffle: int = 1  # RDED ShufflePatches factor; 1: off
     crop: str = "rrc"  # rrc (RandomResizedCrop) | random_crop (CIFAR: pad + crop) | none
     rrc_scale: tuple[float, ...] = (0.08, 1.0)
@@ -92,6 +101,7 @@ class Config:
     mixup_alpha: float = 0.8
     mix_prob: float = 1.0  # probability that a batch is mixed at all
     # --- loss -------------------------------------------------------------------------------------
+    label_source: str = "teacher"  # teacher: soft labels from --teacher | set: the set's own (N, K) float labels
     loss: str = "kl"  # kl | soft_ce | mse_gt | ce (hard labels only: teacher pre-training)
     temperature: float = 20.0
     kl_t2: bool = False  # multiply the KL term by T^2 (Hinton); SRe2L/RDED do not
@@ -186,8 +196,19 @@ def validate(cfg: Config) -> None:
     _check_seeds(cfg.seeds)
     if any(m < 1 for m in cfg.milestones) or list(cfg.milestones) != sorted(set(cfg.milestones)):
         raise RD3Error(f"--milestones: expected increasing epochs >= 1, got {','.join(map(str, cfg.milestones))}")
-    if cfg.loss != "ce" and not cfg.teacher:
-        raise RD3Error(f"--teacher: loss {cfg.loss!r} needs at least one teacher")
+    if cfg.loss != "ce" and not cfg.teacher and cfg.label_source != "set":
+        raise RD3Error(f"--teacher: loss {cfg.loss!r} needs at least one teacher (or --label-source set)")
+    if cfg.aug == "dsa" and (cfg.crop != "none" or cfg.flip_p > 0 or cfg.patch_shuffle > 1):
+        raise RD3Error("--aug dsa replaces the crop/flip/PatchShuffle stage: pass --crop none --flip-p 0 "
+                       "--patch-shuffle 1 with it, or start from --preset mtt")
+    if cfg.zca and cfg.aug != "dsa":
+        raise RD3Error("--zca: whitening is applied before augmentation, as MTT/DD-Ranking do, which only the "
+                       "DSA pipeline supports: add --aug dsa (and --crop none --flip-p 0), or use --preset mtt")
+    if cfg.zca_eps <= 0:
+        raise RD3Error(f"--zca-eps: expected a value > 0, got {cfg.zca_eps}")
+    if cfg.cache_mode != "off" and (cfg.aug == "dsa" or cfg.label_source == "set"):
+        raise RD3Error("--cache: a soft-label cache stores a teacher's labels of standard-pipeline batches; "
+                       "it does not apply with --aug dsa or --label-source set")
     if cfg.teacher_weights and len(cfg.teacher_weights) != len(cfg.teacher):
         raise RD3Error(
             f"--teacher-weights: got {len(cfg.teacher_weights)} file(s) for {len(cfg.teacher)} teacher(s) "
@@ -244,6 +265,11 @@ _KL20 = dict(loss="kl", temperature=20.0, kl_t2=False)
 # LINs-lab/RDED validation/main.py: ToTensor -> ShufflePatches(factor) -> RandomResizedCrop(size,
 # scale=(1/factor, 1), antialias=True) -> flip -> Normalize; eval only when epoch % 10 == 9 and
 # epoch > 0.8 * E, best reported (eval_every 10 after 80 % reproduces epochs 249, 259, ..., 299).
+# MTT's evaluate_synset (the `mtt` and `datm` presets below).
+_MTT_EVAL = dict(student="convnet-d3", teacher=(), label_source="set", lr_from_set=True, loss="ce", optimizer="sgd",
+                 momentum=0.9, weight_decay=5e-4, lr=0.01, sched="multistep", milestones=(502,), gamma=0.1,
+                 sgd_reset_at_decay=True, epochs=1001, batch_size=256, aug="dsa", crop="none", flip_p=0.0,
+                 patch_shuffle=1, mix="none", eval_every=1001, amp=False)
 _RDED_AUG = dict(patch_shuffle=2, crop="rrc", rrc_scale=(0.5, 1.0), antialias=True, **_CUTMIX)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -308,6 +334,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # + CutMix, evaluation every 10 epochs. (Its 40x label pruning is about stored labels: see the cache.)
     "lpld": dict(crop="rrc", rrc_scale=(0.08, 1.0), **_CUTMIX, **_KL20, **_ADAMW, no_decay_bn_bias=True,
                  sched="cosine", zeta=1.0, epochs=300, batch_size=128, eval_every=10),
+    # GeorgeCazenavette/mtt-distillation utils.py evaluate_synset + epoch, distill.py defaults: ConvNet-D3 width 128 with instance norm; SGD momentum 0.9, wd 5e-4, lr = the set's learned
+    # lr (args.lr_net = syn_lr); `for ep in range(Epoch + 1)` trains 1001 epochs, and after epoch
+    # Epoch // 2 + 1 = 501 the lr drops 10x with a freshly built SGD (momentum buffers gone:
+    # sgd_reset_at_decay); batch_train 256; DSA 'color_crop_cutout_flip_scale_rotate' (ParamDiffAug,
+    # one family per batch); test accuracy once, after the last epoch; plain CE on hard labels. Sets
+    # distilled with ZCA (MTT's CIFAR runs) need --zca. Soft labels (TESLA) train on the set's labels.
+    # (DD-Ranking's configs/Demo_LRS_Hard_Label.yaml differs: step 500 of 1000 epochs, batch 128, lr 0.01.)
+    "mtt": dict(_MTT_EVAL),
+    # NUS-HPC-AI-Lab/DATM distill/evaluation.py + configs/*/ConvIN/IPC*.yaml: MTT's evaluate_synset with
+    # the learned soft labels as targets, SoftCrossEntropy = -sum softmax(label) * log_softmax(out) / B
+    # (loss ce on float set labels), batch_train 128 in every config, zca True for CIFAR.
+    "datm": dict(_MTT_EVAL, batch_size=128),
     # Teacher pre-training ("squeeze") on the real training set: hard labels, SGD, random crop + flip.
     "pretrain": dict(loss="ce", teacher=(), crop="random_crop", crop_padding=2, flip_p=0.5, mix="none",
                      optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, sched="cosine", zeta=1.0,
@@ -421,7 +459,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RD3Error(f"--config: {p} must hold a JSON object of config keys")
     out = {}
-    for k, v in data.items():
+    for k, v in _lr_from_set(data).items():
         key = k.replace("-", "_")
         if key not in _HINTS:
             raise RD3Error(f"--config: unknown key {k!r} in {p}")
@@ -429,11 +467,23 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def _lr_from_set(values: dict[str, Any]) -> dict[str, Any]:
+    """`--lr from-set` (or "lr": "from-set"): MTT-style sets ship their learned lr (lr_best.pt), which
+    replaces cfg.lr when the set is read; the flag becomes lr_from_set."""
+    if "lr" not in values:
+        return values
+    lr = values["lr"]
+    if isinstance(lr, str) and lr.strip() == "from-set":
+        return {**{k: v for k, v in values.items() if k != "lr"}, "lr_from_set": True}
+    # A number given for lr is the lr to train with, also under a preset that takes it from the set (mtt).
+    return {"lr_from_set": False, **values}
+
+
 def resolve(preset_name: str | None = None, config_file: str | Path | None = None,
             overrides: dict[str, Any] | None = None) -> Config:
     """preset < config file < overrides (already-typed or raw strings)."""
     file_values = load_config_file(config_file) if config_file else {}
-    overrides = {k: coerce(k, v) for k, v in (overrides or {}).items()}
+    overrides = {k: coerce(k, v) for k, v in _lr_from_set(overrides or {}).items()}
     name = preset_name or overrides.get("preset") or file_values.get("preset") or "rd3"
     base = preset(name)
     values = {**base.to_dict(), **file_values, **overrides, "preset": name}

@@ -36,10 +36,15 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # uint8 (N, C, H, W), contiguous, C in {1, 3}
+    # uint8 (N, C, H, W), contiguous, C in {1, 3}; float32 for a tensor set read with model_space (values
+    # as the model saw them when the set was distilled: the DSA pipeline's input)
+    images: torch.Tensor
     labels: torch.Tensor  # int64 (N,)
     classes: list[str]  # class names in index order
     source: str  # path or built-in name
+    # A tensor set's own soft labels, float32 (N, K) logits (MTT-style labels_best.pt; --label-source set)
+    soft: torch.Tensor | None = None
+    lr: float | None = None  # the learned learning rate an MTT-style folder ships (lr_best.pt; --lr from-set)
 
     @property
     def num_classes(self) -> int:
@@ -122,14 +127,16 @@ def decode_val_folder(root: Path, *, image_size: int, resize_ratio: float, class
 
 
 def load_distilled(path: str | Path, *, class_map: str | Path | None = None, load_size: int = 0,
-                   mean: Sequence[float] = (), std: Sequence[float] = (), progress: bool = True) -> ImageSet:
+                   mean: Sequence[float] = (), std: Sequence[float] = (), progress: bool = True,
+                   model_space: bool = False) -> ImageSet:
     """A distilled set: ImageFolder, .pt/.pth/.npz tensors, or an images_best.pt + labels_best.pt folder.
 
     load_size > 0 resizes every image to load_size x load_size once (PIL bilinear for image files, torch
     bilinear+antialias for tensors). mean/std are only used to undo normalization of float tensors that
     fall outside [0, 1]: pass the values the set was normalized with, as given (1 or C values), never a
     dataset's defaults (``tensors.read_tensor_set``). ``progress``: a decode bar for large ImageFolders
-    (on a terminal).
+    (on a terminal). ``model_space``: float tensor images are kept as stored (``tensors.read_tensor_set``).
+    A tensor set's soft labels and an MTT folder's lr_best.pt come along as ``soft`` and ``lr``.
     """
     p = Path(path)
     if not p.exists():
@@ -138,14 +145,14 @@ def load_distilled(path: str | Path, *, class_map: str | Path | None = None, loa
         raise RD3Error(f"--load-size: expected an integer >= 0, got {load_size}")
     if p.is_dir() and not is_mtt_folder(p):
         return _read_folder(p, Fit(square=load_size), class_map=class_map, progress=progress)
-    images, labels, k = read_tensor_set(p, load_size, mean, std)
+    images, labels, k, soft, lr = read_tensor_set(p, load_size, mean, std, model_space)
     if class_map is None:
         classes = [str(i) for i in range(k)]
     else:
         classes = read_class_map(class_map)
         if k > len(classes):
             raise RD3Error(f"{p}: labels need {k} classes but class map {class_map} names {len(classes)}")
-    return ImageSet(images, labels, classes, str(p))
+    return ImageSet(images, labels, classes, str(p), soft=soft, lr=lr)
 
 
 def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: float = 0.0,

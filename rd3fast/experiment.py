@@ -4,6 +4,7 @@ All bad input surfaces here, as RD3Error, before anything is trained or written.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -11,11 +12,13 @@ from typing import Sequence
 import torch
 
 from . import data, valcache
+from .aug import normalize
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .data import ImageSet
 from .errors import RD3Error
 from .folders import class_names
 from .teacher import Relabeler, load_teachers
+from .zca import ZCA
 
 
 @dataclass
@@ -33,6 +36,9 @@ class Experiment:
     # A held-out split of the real *training* set (3 channels), evaluated beside ``val`` at every
     # evaluation: hyper-parameters are chosen on it, never on the test set (rd3fast.bench, select="heldout").
     heldout: ImageSet | None = None
+    # --zca: the whitening fitted on the real training set, applied to the training images (before DSA)
+    # and to every validation batch after normalization.
+    zca: ZCA | None = None
 
 
 def pick_device(requested: str) -> torch.device:
@@ -66,6 +72,12 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
         info = data.BUILTIN[cfg.dataset]
     mean = _three(cfg.mean or (info.mean if info else IMAGENET_MEAN))
     std = _three(cfg.std or (info.std if info else IMAGENET_STD))
+    if cfg.zca:
+        # MTT and DD-Ranking (utils.py / ddranking/utils/data.py get_dataset) whiten ToTensor() pixels in
+        # [0, 1]: with ZCA they drop Normalize, so the run's normalization is the identity.
+        if cfg.mean or cfg.std:
+            raise RD3Error("--zca: MTT/DD-Ranking whiten [0, 1] pixels without Normalize; drop --mean/--std")
+        mean, std = (0.0,) * 3, (1.0,) * 3
 
     if train_set is None:
         if cfg.distilled is None:
@@ -73,6 +85,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
         # --mean/--std as configured, not ``mean``/``std`` above: a dataset's defaults would be a guess.
         train_set = _read_distilled(cfg, cfg.distilled, cfg.mean, cfg.std, progress)
     _check_batches(cfg, train_set)
+    cfg = _labels_and_lr(cfg, train_set)
     size = cfg.image_size or (info.image_size if info else train_set.image_size[0])
     ratio = cfg.val_resize_ratio or (info.val_resize_ratio if info else 0.875)
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
@@ -93,7 +106,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     relabeler = None
     # When replaying a soft-label cache no teacher runs: the cache's class-count and fingerprint checks
     # stand in for the teacher's.
-    if cfg.cache_mode != "replay" and (cfg.loss != "ce" or cfg.teacher_weights):
+    if cfg.cache_mode != "replay" and cfg.label_source != "set" and (cfg.loss != "ce" or cfg.teacher_weights):
         relabeler = load_teachers(cfg.teacher, cfg.teacher_weights, k, size, device,
                                   logit_norm=cfg.logit_norm, bn_train=cfg.teacher_bn_train, input_mean=mean,
                                   input_std=std, teacher_mean=cfg.teacher_mean, teacher_std=cfg.teacher_std)
@@ -103,8 +116,40 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     val = valcache.load_real(val_source, "val", image_size=size, resize_ratio=ratio, cache=cfg.val_cache,
                              decoder=cfg.loader, progress=progress)
     data.check_num_classes(f"validation set {val.source}", val.num_classes, k, val_hint)
+    zca = _fit_zca(cfg, progress) if cfg.zca else None
     return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
-                      device=device, distilled_mean=configured_mean, distilled_std=configured_std)
+                      device=device, distilled_mean=configured_mean, distilled_std=configured_std, zca=zca)
+
+
+def _labels_and_lr(cfg: Config, s: ImageSet) -> Config:
+    """--label-source set and --lr from-set, checked against what the set ships; the set's lr fills cfg.lr
+    so that the printed and saved config shows the value trained with."""
+    if cfg.label_source == "set" and s.soft is None and cfg.loss != "ce":
+        raise RD3Error(f"--label-source set with --loss {cfg.loss}: {s.source} has hard labels, so there is no "
+                       "soft target; use --loss ce (hard labels stay hard) or --label-source teacher")
+    if not cfg.lr_from_set:
+        return cfg
+    if s.lr is None:
+        raise RD3Error(f"--lr from-set: {s.source} ships no learned learning rate (an MTT-style folder's "
+                       "lr_best.pt); pass --lr VALUE")
+    return cfg.replace(lr=s.lr)
+
+
+def _fit_zca(cfg: Config, progress: bool) -> ZCA:
+    """ZCA on the real training set (3 channels, at the run's size, in [0, 1]: the run's mean/std are 0/1
+    under --zca), as MTT/DD-Ranking fit kornia's ZCAWhitening(eps=0.1) on their ToTensor() training set."""
+    source = cfg.zca_train or cfg.dataset
+    if source is None:
+        raise RD3Error("--zca: which real training set to fit the whitening on? pass --zca-train (a built-in "
+                       "name, an ImageFolder or a tensor file)")
+    if source in data.BUILTIN:
+        real = data.load_real(source, "train", image_size=cfg.image_size)
+    else:
+        real = data.load_distilled(source, load_size=cfg.image_size, progress=progress)
+    if real.images.dtype != torch.uint8:
+        raise RD3Error(f"--zca-train {source}: expected real images (uint8 pixels), got {real.images.dtype}")
+    x = normalize(data.expand_channels(real.images, 3).float(), cfg.mean, cfg.std)
+    return ZCA.fit(x, eps=cfg.zca_eps)
 
 
 def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True) -> list[ImageSet]:
@@ -116,14 +161,18 @@ def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True)
         _check_batches(cfg, s)
         data.check_num_classes(f"training set {s.source}", s.num_classes, cfg.num_classes,
                                f"to match the {cfg.num_classes} classes of {exp.train.source}")
+        if _labels_and_lr(cfg, s).lr != cfg.lr:  # also checks its labels against --label-source
+            raise RD3Error(f"--lr from-set: {s.source} ships lr {s.lr}, {exp.train.source} {exp.train.lr}; sets "
+                           "trained at once share one lr: evaluate them separately")
         more.append(_three_channels(s))
     return more
 
 
 def _read_distilled(cfg: Config, path: str, mean: tuple[float, ...], std: tuple[float, ...],
                     progress: bool) -> ImageSet:
+    # DSA works on the values the model sees: a float tensor set (MTT's images_best.pt) is kept as stored.
     return data.load_distilled(path, class_map=cfg.class_map, load_size=cfg.load_size, mean=mean, std=std,
-                               progress=progress)
+                               progress=progress, model_space=cfg.aug == "dsa")
 
 
 def _check_batches(cfg: Config, s: ImageSet) -> None:
@@ -137,4 +186,4 @@ def _check_batches(cfg: Config, s: ImageSet) -> None:
 
 
 def _three_channels(s: ImageSet) -> ImageSet:
-    return ImageSet(data.expand_channels(s.images, 3), s.labels, s.classes, s.source)
+    return dataclasses.replace(s, images=data.expand_channels(s.images, 3))

@@ -34,6 +34,8 @@ def graph_unavailable_reason(cfg: Config, device: torch.device) -> str | None:
         reason = "the SGD optimizer has no capturable mode"
     elif cfg.cache_mode == "record":
         reason = "recording a soft-label cache copies every step to the host"
+    elif cfg.aug == "dsa":
+        reason = "DSA applies one of its ops per batch, chosen on the host"
     elif cfg.teacher_bn_train:
         reason = "--teacher-bn-train updates teacher statistics outside inference mode"
     if reason and cfg.cuda_graph == "on":
@@ -55,7 +57,7 @@ def _unflatten(flat: list[torch.Tensor], like: tuple[list, list, list]) -> tuple
     new_params = []
     for p in params:
         values = {name: (None if t is None else next(it)) for name, t in p.tensors().items()}
-        new_params.append(AugParams(mix=p.mix, **values))
+        new_params.append(AugParams(mix=p.mix, dsa_op=p.dsa_op, **values))
     return new_idx, new_params, [next(it) for _ in cached]
 
 

@@ -24,6 +24,8 @@ class Batch:
     y_partner: torch.Tensor  # int64 (B,) hard labels of the mixing partners
     lam: torch.Tensor  # float32 (): weight of y in the mixed target (1.0 when the batch is not mixed)
     params: AugParams  # on the device; what produced x (for soft-label caches and kernel tests)
+    soft: torch.Tensor | None = None  # (B, K) the set's own soft labels of the samples, when it has them
+    soft_partner: torch.Tensor | None = None  # (B, K) those of the mixing partners (None when not mixed)
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
@@ -45,17 +47,23 @@ class ResidentLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: AugSpec, batch_size: int, *,
                  seed: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
                  shuffle: bool = True, dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 backend: str = "auto") -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"ResidentLoader expects uint8 N x C x H x W images, got {images.dtype} {tuple(images.shape)}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+                 backend: str = "auto", soft: torch.Tensor | None = None) -> None:
+        # uint8 pixels; the DSA pipeline also takes float32 model-space values (normalized, maybe whitened).
+        pixel_types = (torch.uint8, torch.float32) if spec.aug == "dsa" else (torch.uint8,)
+        if images.dtype not in pixel_types or images.dim() != 4:
+            raise ValueError(f"ResidentLoader expects {' or '.join(map(str, pixel_types))} N x C x H x W images, "
+                             f"got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels) or (soft is not None and len(soft) != len(labels)):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels"
+                             + ("" if soft is None else f" and {len(soft)} soft labels"))
         self.device = torch.device(device)
         self.images = images.to(self.device).contiguous()
         self.labels = labels.to(self.device, torch.int64)
+        self.soft = None if soft is None else soft.to(self.device, torch.float32)
         self.spec, self.batch_size, self.seed = spec, batch_size, seed
         self.drop_last, self.shuffle, self.dtype, self.channels_last = drop_last, shuffle, dtype, channels_last
-        self.backend = pick_backend(backend, self.device)
+        # The Triton kernels implement the standard pipeline; DSA runs as the torch spec.
+        self.backend = "torch" if spec.aug == "dsa" else pick_backend(backend, self.device)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -87,8 +95,12 @@ class ResidentLoader:
 
     def batch(self, idx: torch.Tensor, params: AugParams) -> Batch:
         y = self.labels[idx]
+        soft = soft_partner = None
+        if self.soft is not None:
+            soft = self.soft[idx]
+            soft_partner = soft[params.partner] if params.mix != "none" else None
         return Batch(x=self.transform(idx, params), y=y, y_partner=y[params.partner], lam=params.lam,
-                     params=params)
+                     params=params, soft=soft, soft_partner=soft_partner)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch

@@ -12,7 +12,7 @@ put far outside [0, 1] mean they are the wrong ones, which is an error rather th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ PT_LABEL_KEYS = ("labels", "y", "targets", "label_syn")
 NPZ_IMAGE_KEYS = ("x", "images", "data")
 NPZ_LABEL_KEYS = ("y", "labels", "targets")
 MTT_FILES = ("images_best.pt", "labels_best.pt")
+MTT_LR_FILE = "lr_best.pt"  # the learned learning rate MTT/TESLA/DATM save beside the images (syn_lr)
 UNIT_TOLERANCE = 1e-3  # float images within [0, 1] +- this are plain [0, 1] pixels, not normalized ones
 # De-normalized values may leave [0, 1] a little (an optimized set is not constrained to valid pixels), but
 # when more than this fraction is clipped the mean/std are not the ones the set was normalized with.
@@ -39,12 +40,23 @@ def is_mtt_folder(p: Path) -> bool:
     return any((p / name).is_file() for name in MTT_FILES)
 
 
-def read_tensor_set(p: Path, load_size: int = 0, mean: Sequence[float] = (),
-                    std: Sequence[float] = ()) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(uint8 N x C x H x W images, int64 labels, number of classes the labels imply) of a .pt/.pth/.npz
-    file or an MTT folder. load_size > 0 resizes to load_size x load_size (torch bilinear + antialias);
-    mean/std (1 value for every channel, or one per channel; as the user gave them, never a dataset's
-    defaults) undo the normalization of float images outside [0, 1]."""
+class TensorSet(NamedTuple):
+    images: torch.Tensor  # uint8 N x C x H x W, or float32 model-space values (``model_space``)
+    labels: torch.Tensor  # int64 (N,): the class of each image (argmax of soft labels)
+    num_classes: int  # as the labels imply
+    soft: torch.Tensor | None  # float32 (N, K) when the set stores soft labels (logits), else None
+    lr: float | None  # the learned learning rate of an MTT-style folder (lr_best.pt), else None
+
+
+def read_tensor_set(p: Path, load_size: int = 0, mean: Sequence[float] = (), std: Sequence[float] = (),
+                    model_space: bool = False) -> TensorSet:
+    """The images, labels, soft labels and learned lr of a .pt/.pth/.npz file or an MTT folder.
+
+    Images become uint8 N x C x H x W. load_size > 0 resizes to load_size x load_size (torch bilinear +
+    antialias); mean/std (1 value for every channel, or one per channel; as the user gave them, never a
+    dataset's defaults) undo the normalization of float images outside [0, 1]. With ``model_space`` float
+    images are kept as stored (float32): the values the model was trained on when the set was distilled
+    (MTT's images_best.pt: normalized, ZCA-whitened when distilled with ZCA), for the DSA pipeline."""
     present = [name for name in MTT_FILES if (p / name).is_file()] if p.is_dir() else []
     if len(present) == 2:
         images, labels = (_torch_load(p / name) for name in MTT_FILES)
@@ -65,11 +77,40 @@ def read_tensor_set(p: Path, load_size: int = 0, mean: Sequence[float] = (),
                        "expected one label per image")
     if len(x) == 0:
         raise RD3Error(f"{p}: holds no images")
+    soft = y.float().contiguous() if y.dim() == 2 and y.is_floating_point() else None
     y, k = _hard_labels(y, p)
-    x = _to_uint8_images(x, p, mean, std)
-    if load_size:
-        x = resize_uint8(x, load_size, CHUNK)
-    return x, y, k
+    if model_space and x.is_floating_point():
+        x = _model_space_images(x, p)
+        if load_size:
+            raise RD3Error(f"{p}: --load-size does not apply to float images kept as stored (--aug dsa); "
+                           "resize the set before distilling, or evaluate it at its own size")
+    else:
+        x = _to_uint8_images(x, p, mean, std)
+        if load_size:
+            x = resize_uint8(x, load_size, CHUNK)
+    lr = _read_lr(p / MTT_LR_FILE) if p.is_dir() and (p / MTT_LR_FILE).is_file() else None
+    return TensorSet(x, y, k, soft, lr)
+
+
+def _read_lr(path: Path) -> float:
+    """lr_best.pt: a 0-d (or one-element) tensor, or a number, > 0 and finite."""
+    value = _torch_load(path)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        scalar = value.reshape(()).to(torch.float32 if value.dtype == torch.bfloat16 else value.dtype).numpy()
+        # The shortest decimal that is the same float32 (0.02, not 0.019999999552965164): what was learned.
+        value = float(str(scalar)) if scalar.dtype in (np.float32, np.float16) else scalar.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise RD3Error(f"{path}: expected the learned learning rate (one positive number), got "
+                       f"{value if isinstance(value, (int, float)) else type(value).__name__}")
+    return float(value)
+
+
+def _model_space_images(x: torch.Tensor, path: Path) -> torch.Tensor:
+    """Float images as N x C x H x W float32, values untouched."""
+    x = _layout(x, path)
+    if not bool(torch.isfinite(x).all()):
+        raise RD3Error(f"{path}: images contain NaN or inf")
+    return x.float().contiguous()
 
 
 def _torch_load(path: Path) -> Any:
@@ -142,9 +183,8 @@ def _per_channel(values: Sequence[float], channels: int, path: Path, flag: str) 
                         dtype=torch.float32).view(1, channels, 1, 1)
 
 
-def _to_uint8_images(x: torch.Tensor, path: Path, mean: Sequence[float],
-                     std: Sequence[float]) -> torch.Tensor:
-    """Any supported image array -> uint8 N x C x H x W, contiguous."""
+def _layout(x: torch.Tensor, path: Path) -> torch.Tensor:
+    """N x H x W (gray) or N x H x W x C -> N x C x H x W (C in 1, 3); anything else is an error."""
     if x.dim() == 3:
         x = x.unsqueeze(1)  # N x H x W: gray
     elif x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -152,6 +192,13 @@ def _to_uint8_images(x: torch.Tensor, path: Path, mean: Sequence[float],
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise RD3Error(f"{path}: images have shape {tuple(x.shape)}; expected N x C x H x W or N x H x W x C "
                        "with C in (1, 3), or N x H x W")
+    return x
+
+
+def _to_uint8_images(x: torch.Tensor, path: Path, mean: Sequence[float],
+                     std: Sequence[float]) -> torch.Tensor:
+    """Any supported image array -> uint8 N x C x H x W, contiguous."""
+    x = _layout(x, path)
     if x.dtype == torch.uint8:
         return x.contiguous()
     if x.dtype == torch.bool or x.is_complex():

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 import torch.nn as nn
 
-from .aug import AugParams, AugSpec, eval_normalize
+from .aug import AugParams, AugSpec, eval_normalize, normalize
 from .cache import SoftLabelCache
 from .checkpoint import Checkpointing, Interrupted
 from .config import Config, lr_factor
@@ -44,6 +44,7 @@ from .losses import total_loss
 from .models import build_model
 from .progress import Progress
 from .students import Students
+from .zca import ZCA
 
 log = logging.getLogger("rd3fast")
 
@@ -96,14 +97,17 @@ class ParamEMA:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
-             std: tuple[float, ...], batch_size: int, amp: bool = True) -> dict[str, float]:
-    """Top-1/top-5 on uint8 centre crops already resident on the model's device."""
+             std: tuple[float, ...], batch_size: int, amp: bool = True, whiten: ZCA | None = None) -> dict[str, float]:
+    """Top-1/top-5 on uint8 centre crops already resident on the model's device; ``whiten``: the run's
+    ZCA, applied after normalization as to the training images."""
     was_training = model.training
     model.eval()
     dev = images.device
     correct1 = correct5 = 0
     for i in range(0, len(images), batch_size):
         x = eval_normalize(images[i:i + batch_size], mean, std)
+        if whiten is not None:
+            x = whiten(x)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
@@ -161,6 +165,9 @@ class StepBatch:
     y_partner: list[torch.Tensor]  # per run: labels of the mixing partners (= y when not mixed)
     lam: list[torch.Tensor]  # per run: float32 () weight of y
     soft: torch.Tensor | None = None  # (K, B, classes) teacher logits when they come with the batch (cache)
+    # --label-source set: per run, the set's own soft labels of the samples and of their mixing partners
+    set_soft: list[torch.Tensor] | None = None
+    set_soft_partner: list[torch.Tensor | None] | None = None
 
 
 class BatchSource(Protocol):
@@ -213,8 +220,11 @@ class ResidentSource:
     def batch(self, idx: list[torch.Tensor], params: list[AugParams], cached: list[torch.Tensor]) -> StepBatch:
         batches = [ld.batch(i, p) for ld, i, p in zip(self.loaders, idx, params)]
         x = torch.stack([b.x for b in batches]) if len(batches) > 1 else batches[0].x[None]
+        with_soft = batches[0].soft is not None
         return StepBatch(x, [b.y for b in batches], [b.y_partner for b in batches], [b.lam for b in batches],
-                         torch.stack(cached) if cached else None)
+                         torch.stack(cached) if cached else None,
+                         [b.soft for b in batches] if with_soft else None,
+                         [b.soft_partner for b in batches] if with_soft else None)
 
     def relabeled(self, inputs: tuple, soft: torch.Tensor) -> None:
         if self.cache is not None and self.mode == "record":
@@ -297,11 +307,31 @@ def resident_source(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageS
         raise RD3Error("--cache: a soft-label cache belongs to one distilled set; train several sets without it")
     check_side_by_side(sets)
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
-    loaders = [ResidentLoader(st.images, st.labels, spec, cfg.batch_size, seed=s, device=dev,
+    loaders = [ResidentLoader(training_images(exp, st), st.labels, spec, cfg.batch_size, seed=s, device=dev,
                               drop_last=cfg.drop_last, backend=cfg.aug_backend,
-                              channels_last=dev.type == "cuda" and k == 1) for s, st in zip(seeds, sets)]
+                              channels_last=dev.type == "cuda" and k == 1,
+                              soft=st.soft if cfg.label_source == "set" else None) for s, st in zip(seeds, sets)]
     cache = _open_cache(cfg, exp, resume_epoch) if cfg.cache_mode != "off" else None
     return ResidentSource(loaders, cache, cfg.cache_mode)
+
+
+def training_images(exp: Experiment, st: ImageSet) -> torch.Tensor:
+    """What a loader holds: uint8 pixels for the standard pipeline; for DSA the values the model sees, which
+    DSA augments (MTT/DD-Ranking order: normalize -> ZCA -> DSA). A float tensor set is that already (MTT
+    saves images_best.pt in the space it trained in, whitened when distilled with ZCA); uint8 images are
+    normalized, and whitened with --zca, once here."""
+    cfg = exp.cfg
+    if cfg.aug != "dsa":
+        return st.images
+    side = st.images.shape[-1]
+    if tuple(st.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
+        raise RD3Error(f"--aug dsa trains on {st.source} at its own size ({side} px; DSA does not resize) but the "
+                       f"run's --image-size is {cfg.image_size}: pass --image-size {side}, or --load-size "
+                       f"{cfg.image_size} for an image set")
+    if st.images.is_floating_point():
+        return st.images
+    x = normalize(st.images.float(), cfg.mean, cfg.std)
+    return exp.zca(x) if exp.zca is not None else x
 
 
 def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet] | None = None,
@@ -332,7 +362,7 @@ def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet]
         (tests/test_engine.py checks this)."""
         b = source.batch(*inputs)
         soft = b.soft
-        if soft is None and relabeler is not None:
+        if soft is None and relabeler is not None and b.set_soft is None:
             soft = relabeler(b.x.flatten(0, 1)).view(k, b.x.shape[1], -1)  # one teacher pass for all K
             source.relabeled(inputs, soft)
         if cfg.rded_extra_forward:
@@ -340,9 +370,10 @@ def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet]
                 students(b.x)  # RDED: a second BatchNorm statistics update on the same batch
         with torch.autocast(**autocast):
             logits = students(b.x)
+        targets = [_targets(cfg.loss, b, soft, j) for j in range(k)]
         losses = torch.stack([
-            total_loss(cfg.loss, logits[j], None if soft is None else soft[j], b.y[j], b.y_partner[j], b.lam[j],
-                       cfg.temperature, cfg.kl_t2, cfg.ce_weight, cfg.ce_target) for j in range(k)])
+            total_loss(cfg.loss, logits[j], targets[j][0], b.y[j], b.y_partner[j], b.lam[j], cfg.temperature,
+                       cfg.kl_t2, cfg.ce_weight, cfg.ce_target, target_partner=targets[j][1]) for j in range(k)])
         losses.sum().backward()  # slices are independent: d(sum)/d(slice j) = d(loss j)
         optimizer.step()
         if ema is not None:
@@ -350,6 +381,34 @@ def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet]
         return losses.detach()
 
     return Engine(source, students, optimizer, ema, no_graph, step)
+
+
+def _input_notes(exp: Experiment, sets: Sequence[ImageSet] | None) -> list[str]:
+    """What the student trained on when it is not the standard pipeline on a teacher's labels."""
+    cfg, notes = exp.cfg, []
+    first = (sets[0] if sets else None) or exp.train
+    if cfg.label_source == "set":
+        notes.append("targets: the set's own soft labels (N x K logits)" if first is not None and first.soft is not None
+                     else "targets: the set's hard labels")
+    if cfg.lr_from_set:
+        notes.append(f"lr {cfg.lr:g} from the set (lr_best.pt)")
+    if cfg.aug == "dsa" and first is not None:
+        stored = first.images.is_floating_point()
+        notes.append("DSA on the set's float images as stored (model space)" if stored else
+                     "DSA on the normalized images" + (" after ZCA" if exp.zca is not None else ""))
+    if exp.zca is not None:
+        notes.append(f"ZCA (eps {cfg.zca_eps:g}) fitted on {cfg.zca_train or cfg.dataset}'s training images, "
+                     "applied to the validation images")
+    return notes
+
+
+def _targets(loss: str, b: StepBatch, soft: torch.Tensor | None,
+             j: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(soft targets, the partners' soft targets) of run j: the set's own labels when the batch carries them,
+    else the teacher's logits (not for loss ce, which trains on hard labels), else none."""
+    if b.set_soft is not None:
+        return b.set_soft[j], b.set_soft_partner[j]
+    return (None if soft is None or loss == "ce" else soft[j]), None
 
 
 def check_side_by_side(sets: Sequence[ImageSet]) -> None:
@@ -389,10 +448,11 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
     eng = build_engine(exp, seeds, sets, source, resume_epoch=None if state is None else state["epoch"])
     val_images, val_labels = exp.val.images.to(dev), exp.val.labels.to(dev)
     heldout = None if exp.heldout is None else (exp.heldout.images.to(dev), exp.heldout.labels.to(dev))
+    whiten = None if exp.zca is None else exp.zca.to(dev)
     graphed = eng.no_graph is None
     run_step: Callable = GraphedStep(eng.step, eng.optimizer) if graphed else _eager(eng.step, eng.optimizer)
     note = "whole step as one CUDA graph" if graphed else f"eager step: {eng.no_graph}"
-    results = [RunResult(seed=s, notes=[note]) for s in seeds]
+    results = [RunResult(seed=s, notes=[note, *_input_notes(exp, sets)]) for s in seeds]
     pos = _Position()
     if state is not None:
         results, pos = _restore(eng, state, dev)
@@ -424,6 +484,8 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
             set_lr(eng.optimizer, lr)
             eng.students.train()
             resumed = epoch == pos.epoch and pos.step > 0
+            if cfg.sgd_reset_at_decay and epoch > 0 and not resumed and lr_factor(cfg, epoch) != lr_factor(cfg, epoch - 1):
+                eng.optimizer.state.clear()  # MTT builds a new SGD at each decay: momentum starts again from zero
             loss_sum = pos.loss_sum.to(dev) if resumed and pos.loss_sum is not None else torch.zeros(k, device=dev)
             steps = pos.step if resumed else 0
             # The draws of every step come from (seed, epoch): skipping the steps already taken
@@ -460,9 +522,10 @@ def train_seeds(exp: Experiment, seeds: Sequence[int], progress: bool = True, de
                 evaluated = eng.ema.swapped(eng.students) if eng.ema is not None and cfg.eval_ema else eng.students
                 for j in live:
                     model = evaluated.model(j)
-                    metrics = evaluate(model, val_images, val_labels, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp)
+                    metrics = evaluate(model, val_images, val_labels, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp,
+                                       whiten)
                     if heldout is not None:  # what hyper-parameter selection reads (never the test set)
-                        held = evaluate(model, *heldout, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp)
+                        held = evaluate(model, *heldout, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, whiten)
                         metrics.update(heldout_top1=held["top1"], heldout_top5=held["top5"])
                     results[j].evals.append({"epoch": epoch + 1, **metrics})
                 top1 = results[live[0]].evals[-1]["top1"]
