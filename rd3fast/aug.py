@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from .config import DSA_FAMILIES, Config
 from .transfer import to_device
 
 
@@ -101,7 +101,6 @@ class AugSpec:
 
 
 # DC/DSA/MTT ParamDiffAug (aug_mode 'S'), the values their evaluation uses.
-DSA_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DSA_SCALE = 1.2  # ratio_scale: sx, sy ~ U(1 / 1.2, 1.2)
 DSA_ROTATE = 15.0  # ratio_rotate: degrees
 DSA_CROP_PAD = 0.125  # ratio_crop_pad: shift up to int(size * 0.125 + 0.5) pixels

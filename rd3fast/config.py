@@ -38,6 +38,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# DC/DSA/MTT DiffAugment families (ParamDiffAug); aug.py applies them, a strategy joins them with "_".
+DSA_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
 @dataclass(frozen=True)
 class Config:
     """One post-evaluation protocol. Field comments are the CLI help (``--field-name``)."""
@@ -204,6 +208,10 @@ def validate(cfg: Config) -> None:
     if cfg.zca and cfg.aug != "dsa":
         raise RD3Error("--zca: whitening is applied before augmentation, as MTT/DD-Ranking do, which only the "
                        "DSA pipeline supports: add --aug dsa (and --crop none --flip-p 0), or use --preset mtt")
+    unknown = [f for f in cfg.dsa_strategy.split("_") if f not in DSA_FAMILIES] if cfg.dsa_strategy not in ("none", "None") else []
+    if unknown:
+        raise RD3Error(f"--dsa-strategy: unknown family {unknown[0]!r} in {cfg.dsa_strategy!r}; expected families "
+                       f"of {', '.join(DSA_FAMILIES)} joined with '_' (or none)")
     if cfg.zca_eps <= 0:
         raise RD3Error(f"--zca-eps: expected a value > 0, got {cfg.zca_eps}")
     if cfg.cache_mode != "off" and (cfg.aug == "dsa" or cfg.label_source == "set"):

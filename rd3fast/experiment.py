@@ -100,6 +100,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     elif Path(val_source).is_dir():  # anything else: data.load_real says what is wrong with it
         data.check_num_classes(f"validation set {val_source}", len(class_names(Path(val_source), None)), k,
                                val_hint)
+    _check_dsa_size(cfg.aug, train_set, size)
     configured_mean, configured_std = cfg.mean, cfg.std
     cfg = cfg.replace(image_size=size, val_resize_ratio=ratio, mean=mean, std=std, num_classes=k)
     device = pick_device(cfg.device)
@@ -119,6 +120,15 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     zca = _fit_zca(cfg, progress) if cfg.zca else None
     return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
                       device=device, distilled_mean=configured_mean, distilled_std=configured_std, zca=zca)
+
+
+def _check_dsa_size(aug: str, s: ImageSet, size: int) -> None:
+    """DSA does not resize (upstream augments the set at its own size): the set must be at the run's size."""
+    side = s.images.shape[-1]
+    if aug == "dsa" and tuple(s.images.shape[-2:]) != (size, size):
+        raise RD3Error(f"--aug dsa trains on {s.source} at its own size ({side} px; DSA does not resize) but the "
+                       f"run's --image-size is {size}: pass --image-size {side}, or --load-size {size} for an "
+                       "image set")
 
 
 def _labels_and_lr(cfg: Config, s: ImageSet) -> Config:
@@ -161,6 +171,7 @@ def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True)
         _check_batches(cfg, s)
         data.check_num_classes(f"training set {s.source}", s.num_classes, cfg.num_classes,
                                f"to match the {cfg.num_classes} classes of {exp.train.source}")
+        _check_dsa_size(cfg.aug, s, cfg.image_size)
         if _labels_and_lr(cfg, s).lr != cfg.lr:  # also checks its labels against --label-source
             raise RD3Error(f"--lr from-set: {s.source} ships lr {s.lr}, {exp.train.source} {exp.train.lr}; sets "
                            "trained at once share one lr: evaluate them separately")

@@ -49,6 +49,10 @@ METHOD_PRESETS: dict[str, tuple[str, str]] = {
     "edc": ("edc", "edc"),
     "gvbsm": ("gvbsm", "gvbsm"),
     "lpld": ("lpld", "lpld"),
+    # Coupled methods: their sets ship learned labels and an lr (MTT-style folders); TESLA evaluates as MTT.
+    "mtt": ("mtt", "mtt"),
+    "tesla": ("mtt", "mtt"),
+    "datm": ("datm", "datm"),
 }
 BASELINE_METHOD = "random-real"
 # Config keys the sweep sets itself, per run; in a TOML they go where the schema puts them.

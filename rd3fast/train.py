@@ -323,12 +323,7 @@ def training_images(exp: Experiment, st: ImageSet) -> torch.Tensor:
     cfg = exp.cfg
     if cfg.aug != "dsa":
         return st.images
-    side = st.images.shape[-1]
-    if tuple(st.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
-        raise RD3Error(f"--aug dsa trains on {st.source} at its own size ({side} px; DSA does not resize) but the "
-                       f"run's --image-size is {cfg.image_size}: pass --image-size {side}, or --load-size "
-                       f"{cfg.image_size} for an image set")
-    if st.images.is_floating_point():
+    if st.images.is_floating_point():  # the set's size was checked against the run's (experiment.prepare)
         return st.images
     x = normalize(st.images.float(), cfg.mean, cfg.std)
     return exp.zca(x) if exp.zca is not None else x

@@ -208,6 +208,21 @@ CASES: dict[str, Case] = {
     "teacher class count": Case("run", evaluate(weights="{tmp}/t5.pt"),
                                 "teacher weights {tmp}/t5.pt have 5 outputs but the data has 10 classes",
                                 weights("t5.pt", ARCH, 5, 16)),
+    # issue 12: coupled-method sets, DSA, ZCA, recover
+    "--lr from-set on a folder": Case("run", evaluate("--lr", "from-set"),
+                                      "--lr from-set: {syn} ships no learned learning rate"),
+    "--label-source set with kl on hard labels": Case("run", evaluate("--label-source", "set"),
+                                                      "--label-source set with --loss kl: {syn} has hard labels"),
+    "--aug dsa with a crop": Case("run", evaluate("--aug", "dsa"), "--aug dsa replaces the crop/flip/PatchShuffle"),
+    "--zca without dsa": Case("run", evaluate("--zca"), "--zca: whitening is applied before augmentation"),
+    "unknown DSA family": Case("run", evaluate("--dsa-strategy", "color_warp"),
+                               "--dsa-strategy: unknown family 'warp'"),
+    "mtt on images of another size": Case("run", [*evaluate("--preset", "mtt", "--lr", "0.01"), "--image-size", "20"],
+                                          "--aug dsa trains on {syn} at its own size (16 px"),
+    "sre2l teacher without BatchNorm": Case("distill", ["--method", "sre2l", "--dataset", "digits", "--ipc", "1",
+                                                        "--teacher", ARCH, "--teacher-weights", "{teacher}",
+                                                        "--out", "{out}"],
+                                            f"teacher {ARCH} has no BatchNorm layer"),
 }
 
 MAINS = {"run": run.main, "pretrain": pretrain.main, "distill": distill.main, "prepare": prepare.main}

@@ -150,3 +150,23 @@ def test_zca_whitens_training_and_validation_alike(tmp_path):
     assert got["top1"] == pytest.approx(manual)
     result, _ = train(exp, 0, progress=False)
     assert any("ZCA" in n for n in result.notes)
+
+
+@pytest.mark.gpu
+def test_mtt_with_zca_and_dsa_on_cuda(tmp_path):
+    """The coupled path on the GPU: DSA ops on CUDA equal the CPU spec, and an mtt run with ZCA trains
+    (eagerly: DSA picks its op on the host)."""
+    from rd3fast.aug import AugSpec, dsa, sample_params
+
+    spec = AugSpec(size=16, mean=DIGITS.mean, std=DIGITS.std, crop="none", flip_p=0.0, mix="none", aug="dsa")
+    x = torch.randn(32, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):  # every family, most likely
+        p = sample_params(spec, 32, 16, 16, g)
+        assert torch.allclose(dsa(x.cuda(), p.to("cuda")).cpu(), dsa(x, p), atol=1e-5)
+    folder, _, _ = mtt_folder(tmp_path / "mtt")
+    cfg = resolve("mtt", overrides={"dataset": "digits", "distilled": str(folder), "student": STUDENT, "zca": "true",
+                                    "epochs": 2, "eval_every": 2, "device": "cuda"})
+    result, _ = train(prepare(cfg, progress=False), 0, progress=False)
+    assert result.notes[0].startswith("eager step: DSA") and result.evals[-1]["top1"] is not None
+    assert all(e["loss"] is not None for e in result.epochs)

@@ -163,3 +163,14 @@ def test_herding_and_kcenter_are_wired(weights, tmp_path):
         assert distill.main(["--method", method, "--dataset", "digits", "--ipc", "2", "--teacher", ARCH,
                              "--teacher-weights", str(weights), "--out", str(out), "--no-progress"]) == 0
         assert len(list(out.rglob("*.png"))) == 20
+
+
+@pytest.mark.gpu
+def test_recover_on_cuda_follows_the_class(teacher, real):
+    """The same recover on the GPU: the teacher moves there, the images follow their class."""
+    import copy
+
+    gpu_teacher = copy.deepcopy(teacher)
+    syn = recover(gpu_teacher, real, 3, MEAN, STD, recipe=Recipe(iterations=200), device="cuda", progress=False)
+    assert syn.images.device.type == "cpu" and syn.images.shape == (30, 1, 16, 16)
+    assert teacher_accuracy(teacher, syn) >= 0.8
