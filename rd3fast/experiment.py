@@ -117,7 +117,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     val = valcache.load_real(val_source, "val", image_size=size, resize_ratio=ratio, cache=cfg.val_cache,
                              decoder=cfg.loader, progress=progress)
     data.check_num_classes(f"validation set {val.source}", val.num_classes, k, val_hint)
-    zca = _fit_zca(cfg, progress) if cfg.zca else None
+    zca = _fit_zca(cfg, device, progress) if cfg.zca else None
     return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
                       device=device, distilled_mean=configured_mean, distilled_std=configured_std, zca=zca)
 
@@ -145,7 +145,7 @@ def _labels_and_lr(cfg: Config, s: ImageSet) -> Config:
     return cfg.replace(lr=s.lr)
 
 
-def _fit_zca(cfg: Config, progress: bool) -> ZCA:
+def _fit_zca(cfg: Config, device: torch.device, progress: bool) -> ZCA:
     """ZCA on the real training set (3 channels, at the run's size, in [0, 1]: the run's mean/std are 0/1
     under --zca), as MTT/DD-Ranking fit kornia's ZCAWhitening(eps=0.1) on their ToTensor() training set."""
     source = cfg.zca_train or cfg.dataset
@@ -159,7 +159,8 @@ def _fit_zca(cfg: Config, progress: bool) -> ZCA:
     if real.images.dtype != torch.uint8:
         raise RD3Error(f"--zca-train {source}: expected real images (uint8 pixels), got {real.images.dtype}")
     x = normalize(data.expand_channels(real.images, 3).float(), cfg.mean, cfg.std)
-    return ZCA.fit(x, eps=cfg.zca_eps)
+    # Fitted on the run's device (the D x D covariance is the cost), kept on the CPU beside the images.
+    return ZCA.fit(x, eps=cfg.zca_eps, device=device).to("cpu")
 
 
 def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True) -> list[ImageSet]:
