@@ -1,6 +1,6 @@
 """Fashion-MNIST end to end: pre-train a teacher, distill with every distiller, evaluate each set twice.
 
-    python benchmarks/fashion_mnist_e2e.py --quick --out runs/fmnist_e2e_quick    # 2 CPU cores: ~1 h
+    python benchmarks/fashion_mnist_e2e.py --quick --out runs/fmnist_e2e_quick    # 2 CPU cores: ~20 min
     python benchmarks/fashion_mnist_e2e.py --out runs/fmnist_e2e                  # full (meant for a GPU)
 
 1. teacher: ``rd3fast.pretrain.pretrain`` with the ``pretrain`` preset (SGD, cosine, random crop + flip) on
