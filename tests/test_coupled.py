@@ -170,3 +170,16 @@ def test_mtt_with_zca_and_dsa_on_cuda(tmp_path):
     result, _ = train(prepare(cfg, progress=False), 0, progress=False)
     assert result.notes[0].startswith("eager step: DSA") and result.evals[-1]["top1"] is not None
     assert all(e["loss"] is not None for e in result.epochs)
+
+
+def test_mtt_and_datm_presets_mirror_evaluate_synset():
+    """MTT utils.py evaluate_synset: range(Epoch + 1) epochs, lr x0.1 once epoch Epoch // 2 + 1 = 501 is done."""
+    from rd3fast.config import lr_factor
+
+    mtt, datm = resolve("mtt"), resolve("datm")
+    assert (mtt.epochs, mtt.batch_size, datm.batch_size) == (1001, 256, 128)
+    assert (mtt.optimizer, mtt.momentum, mtt.weight_decay) == ("sgd", 0.9, 5e-4)
+    assert mtt.aug == "dsa" and mtt.dsa_strategy == "color_crop_cutout_flip_scale_rotate" and mtt.mix == "none"
+    assert mtt.label_source == "set" and mtt.lr_from_set and mtt.sgd_reset_at_decay and mtt.student == "convnet-d3"
+    assert [lr_factor(mtt, e) for e in (0, 501, 502, 1000)] == pytest.approx([1, 1, 0.1, 0.1])
+    assert mtt.eval_every == mtt.epochs  # tested once, after the last epoch
