@@ -12,13 +12,12 @@ from typing import Sequence
 import torch
 
 from . import data, valcache
-from .aug import normalize
 from .config import IMAGENET_MEAN, IMAGENET_STD, Config
 from .data import ImageSet
 from .errors import RD3Error
 from .folders import class_names
 from .teacher import Relabeler, load_teachers
-from .zca import ZCA
+from .zca import ZCA, fit_pixels
 
 
 @dataclass
@@ -158,9 +157,9 @@ def _fit_zca(cfg: Config, device: torch.device, progress: bool) -> ZCA:
         real = data.load_distilled(source, load_size=cfg.image_size, progress=progress)
     if real.images.dtype != torch.uint8:
         raise RD3Error(f"--zca-train {source}: expected real images (uint8 pixels), got {real.images.dtype}")
-    x = normalize(data.expand_channels(real.images, 3).float(), cfg.mean, cfg.std)
-    # Fitted on the run's device (the D x D covariance is the cost), kept on the CPU beside the images.
-    return ZCA.fit(x, eps=cfg.zca_eps, device=device).to("cpu")
+    # Fitted on the run's device (the D x D covariance is the cost), kept on the CPU beside the images, and
+    # cached: the fit depends on the pixels and eps only.
+    return fit_pixels(data.expand_channels(real.images, 3), eps=cfg.zca_eps, device=device)
 
 
 def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True) -> list[ImageSet]:

@@ -19,12 +19,20 @@ kornia does both in the images' dtype (float32). The stored mean and matrices ar
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
+from .cachedir import cache_root
 from .errors import RD3Error
+
+log = logging.getLogger("rd3fast")
+CACHE_VERSION = 1  # bump when what a cached fit means changes
 
 # The D x D matrices of a 64 px RGB set are 12288^2 floats (600 MB as float32, 1.2 GB in float64 while
 # fitting); beyond that ZCA is neither what upstream does nor affordable.
@@ -113,3 +121,35 @@ class ZCA:
     def inverse(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Back from whitened images: x_flat @ inverse_matrix + mean (kornia's ``inverse_transform``)."""
         return self._apply(x, "inverse", chunk, lambda v, m, _, ti: torch.addmm(m, v, ti))
+
+
+def fit_pixels(images: torch.Tensor, eps: float = 0.1, device: torch.device | str | None = None,
+               cache_dir: str | Path | None = None) -> ZCA:
+    """ZCA of uint8 images (N, C, H, W) taken as [0, 1] pixels (ToTensor(), what MTT / DD-Ranking whiten),
+    on the CPU when done. The fit (11.5 s for Fashion-MNIST's 60k images on 2 CPU cores) is cached under the
+    rd3fast cache root (``cachedir``), keyed by a sha256 of the pixels themselves, their shape and eps: any
+    change of the training set is a new key. A cache that cannot be read is refitted, one that cannot be
+    written is skipped (logged): the cache only saves time."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise RD3Error(f"ZCA: expected uint8 N x C x H x W training images, got {images.dtype} {tuple(images.shape)}")
+    _check_features(tuple(images.shape[1:]))
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{tuple(images.shape)}|eps={float(eps)!r}|".encode())
+    h.update(images.contiguous().numpy().tobytes())
+    path = cache_root(cache_dir) / "zca" / f"{h.hexdigest()[:32]}.pt"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return ZCA(mean=saved["mean"], matrix=saved["matrix"], inverse_matrix=saved["inverse_matrix"],
+                   eps=float(saved["eps"]), image_shape=tuple(saved["image_shape"]))
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # noqa: BLE001 - a damaged entry is refitted, never trusted
+        log.warning("ZCA cache %s unreadable (%s): fitting again", path, type(e).__name__)
+    zca = ZCA.fit(images.float() / 255, eps=eps, device=device).to("cpu")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            torch.save({"mean": zca.mean, "matrix": zca.matrix, "inverse_matrix": zca.inverse_matrix,
+                        "eps": zca.eps, "image_shape": list(zca.image_shape)}, f)
+    except (OSError, RD3Error) as e:
+        log.warning("ZCA cache %s not written (%s); the next run fits again", path, e)
+    return zca

@@ -125,11 +125,12 @@ def test_sgd_reset_at_decay_drops_momentum_only_at_the_decay(tmp_path):
     assert [e["lr"] for e in runs[0].epochs] == pytest.approx([0.02, 0.02, 0.002])
 
 
-def test_zca_whitens_training_and_validation_alike(tmp_path):
+def test_zca_whitens_training_and_validation_alike(tmp_path, monkeypatch):
     """--zca on a PNG-like (uint8) set: fitted on the real training split, applied to the training images
     before DSA and to every validation batch; a trained student is evaluated in the same space."""
     from rd3fast.train import evaluate, training_images
 
+    monkeypatch.setenv("RD3FAST_CACHE", str(tmp_path / "cache"))
     folder, _, _ = mtt_folder(tmp_path / "mtt")
     cfg = resolve("mtt", overrides={"dataset": "digits", "distilled": str(folder), "student": STUDENT, "zca": "true",
                                     "epochs": 1, "eval_every": 1})

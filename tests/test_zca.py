@@ -136,3 +136,34 @@ def test_constant_images_do_not_blow_up():
     assert torch.isfinite(z.matrix).all()
     torch.testing.assert_close(z.matrix, torch.eye(6) / 0.1 ** 0.5, rtol=1e-6, atol=1e-6)
     assert torch.equal(z(x), torch.zeros_like(x))
+
+
+def test_fit_pixels_is_cached_by_content(tmp_path, monkeypatch):
+    """The second fit of the same pixels comes from the cache (equal, no refit); other pixels or another eps
+    are another entry; a damaged entry is refitted, not trusted."""
+    from rd3fast import zca as zca_mod
+
+    monkeypatch.setenv("RD3FAST_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 4, 4), generator=g, dtype=torch.uint8)
+    first = zca_mod.fit_pixels(images, eps=0.1)
+    direct = ZCA.fit(images.float() / 255, eps=0.1)
+    assert torch.allclose(first.matrix, direct.matrix) and first.image_shape == (1, 4, 4)
+    [entry] = list((tmp_path / "zca").glob("*.pt"))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("refitted although cached")
+
+    monkeypatch.setattr(zca_mod.ZCA, "fit", no_fit)
+    again = zca_mod.fit_pixels(images, eps=0.1)
+    assert torch.equal(again.matrix, first.matrix) and torch.equal(again.mean, first.mean)
+    monkeypatch.undo()
+    monkeypatch.setenv("RD3FAST_CACHE", str(tmp_path))
+    other = images.clone()
+    other[0, 0, 0, 0] ^= 1
+    zca_mod.fit_pixels(other, eps=0.1)
+    zca_mod.fit_pixels(images, eps=0.2)
+    assert len(list((tmp_path / "zca").glob("*.pt"))) == 3
+    entry.write_bytes(b"not a checkpoint")
+    refit = zca_mod.fit_pixels(images, eps=0.1)
+    assert torch.allclose(refit.matrix, first.matrix)
