@@ -1,4 +1,4 @@
-"""Where rd3fast keeps what it derives from data sets once: validation-cache entries and FFCV .beton files.
+"""Where rd3fast keeps what it derives from data sets once: validation-cache entries, FFCV .beton files, ZCA fits.
 
 One root for both, so one variable (or ``--cache-dir``) moves them together, e.g. to a fast local disk.
 """
