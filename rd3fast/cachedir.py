@@ -1,6 +1,6 @@
 """Where rd3fast keeps what it derives from data sets once: validation-cache entries, FFCV .beton files, ZCA fits.
 
-One root for both, so one variable (or ``--cache-dir``) moves them together, e.g. to a fast local disk.
+One root for all of them, so one variable (or ``--cache-dir``) moves them together, e.g. to a fast local disk.
 """
 from __future__ import annotations
 
