@@ -40,11 +40,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .aug import normalize
 from .data import ImageSet
 from .errors import RD3Error
 from .progress import bar
-from .teacher import Relabeler
+from .teacher import Relabeler, teacher_input
 
 METHODS = ("herding", "kcenter")
 
@@ -135,7 +134,7 @@ def teacher_features(teacher: Relabeler | nn.Module, images: torch.Tensor, mean:
         out = []
         for i in range(0, len(images), batch_size):
             captured.clear()
-            x = _teacher_input(images[i:i + batch_size].to(device), mean, std)
+            x = teacher_input(images[i:i + batch_size].to(device), mean, std)
             logits = model(convert(x))
             if not captured:
                 raise RD3Error(f"coreset selection: the final nn.Linear {name!r} of {type(model).__name__} was "
@@ -149,12 +148,6 @@ def teacher_features(teacher: Relabeler | nn.Module, images: torch.Tensor, mean:
         hook.remove()
         model.train(was_training)
     return torch.cat(out)
-
-
-def _teacher_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """As rded_select: ToTensor+Normalize on 0..255 values, 1-channel images expanded to 3 channels."""
-    x = normalize(images.float(), tuple(mean), tuple(std))
-    return x if x.shape[1] == 3 else x.expand(-1, 3, -1, -1)
 
 
 def coreset_indices(real: ImageSet, teacher: Relabeler, ipc: int, mean: Sequence[float], std: Sequence[float], *,

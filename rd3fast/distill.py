@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .atomic import atomic_folder
-from .aug import normalize, resized_crop, sample_rrc_boxes
+from .aug import resized_crop, sample_rrc_boxes
 from .cliargs import ArgumentParser, integer, number, numbers
 from .config import SEED_LIMIT
 from .data import ImageSet, load_distilled, load_real
@@ -48,7 +48,7 @@ from .errors import RD3Error, cli
 from .outputs import check_output_dir
 from .progress import bar
 from .recover import CROPS, CURRICULA, INITS, Recipe, recover
-from .teacher import Relabeler
+from .teacher import Relabeler, teacher_input
 
 
 def random_real(real: ImageSet, ipc: int, seed: int = 0) -> ImageSet:
@@ -69,7 +69,7 @@ def rded_select(real: ImageSet, teacher: Relabeler, ipc: int, mean: Sequence[flo
                 factor: int = 2, candidates: int = 300, num_crop: int = 5, seed: int = 0,
                 device: torch.device | str = "cpu", progress: bool = True) -> ImageSet:
     gen = torch.Generator().manual_seed(seed)
-    _, c_in, size, _ = real.images.shape
+    size = real.images.shape[-1]
     cell = size // factor
     if cell < 1:
         raise RD3Error(f"--factor {factor}: larger than the {size} px images")
@@ -86,12 +86,11 @@ def rded_select(real: ImageSet, teacher: Relabeler, ipc: int, mean: Sequence[flo
         m = len(imgs)
         boxes = torch.cat([sample_rrc_boxes(m, size, size, (0.08, 1.0), (1.0, 1.0), gen) for _ in range(num_crop)])
         crops = resized_crop(imgs.repeat(num_crop, 1, 1, 1), boxes, cell, antialias=True)  # (num_crop*M, C, s, s)
-        x = normalize(crops, tuple(mean), tuple(std))
+        x = teacher_input(crops, mean, std)
         pad = size - cell
         x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))  # zero in normalized space
-        xs = x if c_in == 3 else x.expand(-1, 3, -1, -1)
-        ce = torch.cat([F.cross_entropy(teacher(xs[i:i + 256]), torch.full((len(xs[i:i + 256]),), c, device=device),
-                                        reduction="none") for i in range(0, len(xs), 256)])
+        ce = torch.cat([F.cross_entropy(teacher(x[i:i + 256]), torch.full((len(x[i:i + 256]),), c, device=device),
+                                        reduction="none") for i in range(0, len(x), 256)])
         ce = ce.view(num_crop, m)
         best_crop = ce.argmin(0)  # per image: the crop the teacher is surest of
         best_ce = ce.gather(0, best_crop[None]).squeeze(0)

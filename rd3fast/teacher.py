@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from .aug import normalize
 from .errors import RD3Error
 from .models import build_model, load_weights, read_state_dict
 
@@ -76,6 +77,13 @@ class Relabeler(nn.Module):
             widths = [int(t.eval()(probe).shape[1]) for t in self.teachers]
         self.train()
         return min(widths)
+
+
+def teacher_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """ToTensor + Normalize on 0..255 values (uint8 or float), 1-channel images expanded to the teachers'
+    3 channels: how the distillers (RDED selection, coresets) feed real pixels to a teacher."""
+    x = normalize(images.float(), tuple(mean), tuple(std))
+    return x if x.shape[1] == 3 else x.expand(-1, 3, -1, -1)
 
 
 def load_teachers(archs: Sequence[str], weights: Sequence[str | Path], num_classes: int, image_size: int,

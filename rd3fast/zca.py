@@ -136,14 +136,13 @@ def fit_pixels(images: torch.Tensor, eps: float = 0.1, device: torch.device | st
     h = hashlib.sha256(f"v{CACHE_VERSION}|{tuple(images.shape)}|eps={float(eps)!r}|".encode())
     h.update(images.contiguous().numpy().tobytes())
     path = cache_root(cache_dir) / "zca" / f"{h.hexdigest()[:32]}.pt"
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return ZCA(mean=saved["mean"], matrix=saved["matrix"], inverse_matrix=saved["inverse_matrix"],
-                   eps=float(saved["eps"]), image_shape=tuple(saved["image_shape"]))
-    except FileNotFoundError:
-        pass
-    except Exception as e:  # noqa: BLE001 - a damaged entry is refitted, never trusted
-        log.warning("ZCA cache %s unreadable (%s): fitting again", path, type(e).__name__)
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return ZCA(mean=saved["mean"], matrix=saved["matrix"], inverse_matrix=saved["inverse_matrix"],
+                       eps=float(saved["eps"]), image_shape=tuple(saved["image_shape"]))
+        except Exception as e:  # noqa: BLE001 - a damaged entry is refitted, never trusted
+            log.warning("ZCA cache %s unreadable (%s): fitting again", path, type(e).__name__)
     zca = ZCA.fit(images.float() / 255, eps=eps, device=device).to("cpu")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
