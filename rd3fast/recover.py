@@ -294,6 +294,10 @@ def recover(teacher: nn.Module, real: ImageSet, ipc: int, mean: Sequence[float],
         for sl in batches:
             x = x0[sl].to(dev).requires_grad_(True)
             _optimize(model, match, x, targets[sl].to(dev), recipe, space, gen, clock.tick)
+            if not bool(torch.isfinite(x).all()):  # one check per batch; clamping keeps a NaN a NaN
+                raise RD3Error(f"recover: the images of batch {sl.start // len(x) + 1} became NaN/inf (a diverging "
+                               f"--lr {recipe.lr} or --r-bn {recipe.r_bn}, or a teacher with non-finite weights); "
+                               "nothing written")
             out[sl] = space.to_uint8(x.detach()).cpu()
     clock.close()
     order = torch.arange(ipc * k).view(ipc, k).t().reshape(-1)  # IPC-major -> class-major

@@ -174,3 +174,14 @@ def test_recover_on_cuda_follows_the_class(teacher, real):
     syn = recover(gpu_teacher, real, 3, MEAN, STD, recipe=Recipe(iterations=200), device="cuda", progress=False)
     assert syn.images.device.type == "cpu" and syn.images.shape == (30, 1, 16, 16)
     assert teacher_accuracy(teacher, syn) >= 0.8
+
+
+def test_non_finite_images_are_an_error_not_black_pixels(teacher, real):
+    """A teacher that yields NaN would clamp to black images that look like a result: it is an error."""
+    import copy
+
+    broken = copy.deepcopy(teacher)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(RD3Error, match="became NaN/inf"):
+        recover(broken, real, 1, MEAN, STD, recipe=Recipe(iterations=2), progress=False)
