@@ -122,7 +122,7 @@ def teacher_features(teacher: Relabeler | nn.Module, images: torch.Tensor, mean:
     nn.Linear, captured by a forward hook, in eval mode, ``batch_size`` images at a time."""
     if isinstance(teacher, Relabeler):
         model = teacher.teachers[0]
-        convert = lambda x: teacher._input(0, x)  # noqa: E731 - the teacher's own normalization, if it differs
+        convert = lambda x: teacher.input_for(0, x)  # noqa: E731 - the teacher's own normalization, if it differs
     else:
         model, convert = teacher, (lambda x: x)
     name, linear = final_linear(model)
@@ -147,7 +147,11 @@ def teacher_features(teacher: Relabeler | nn.Module, images: torch.Tensor, mean:
     finally:
         hook.remove()
         model.train(was_training)
-    return torch.cat(out)
+    feats = torch.cat(out)
+    if not bool(torch.isfinite(feats).all()):  # herding/k-center would pick by NaN comparisons, silently
+        raise RD3Error(f"coreset selection: {type(model).__name__}'s features are NaN/inf (non-finite teacher "
+                       "weights?)")
+    return feats
 
 
 def coreset_indices(real: ImageSet, teacher: Relabeler, ipc: int, mean: Sequence[float], std: Sequence[float], *,

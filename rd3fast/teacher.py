@@ -56,7 +56,7 @@ class Relabeler(nn.Module):
         # inference_mode would forbid the running-statistics update that bn_train asks for.
         grad_off = torch.no_grad() if self.bn_train else torch.inference_mode()
         with grad_off, torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-            logits = [t(self._input(i, x)).float() for i, t in enumerate(self.teachers)]
+            logits = [t(self.input_for(i, x)).float() for i, t in enumerate(self.teachers)]
         if self.logit_norm and len(logits) > 1:
             # G-VBSM: each teacher's logits divided by their Frobenius norm over the batch, times the mean norm.
             norms = [z.norm() for z in logits]
@@ -64,7 +64,8 @@ class Relabeler(nn.Module):
             logits = [z / n * mean_norm for z, n in zip(logits, norms)]
         return (sum(logits) / len(logits)).clone()  # clone: a normal tensor outside inference mode
 
-    def _input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def input_for(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The run's normalized batch as teacher ``i`` was trained to see it."""
         if not self.convert[i]:
             return x
         return torch.addcmul(getattr(self, f"shift{i}").to(x.dtype), x, getattr(self, f"scale{i}").to(x.dtype))

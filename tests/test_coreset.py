@@ -267,3 +267,14 @@ def test_bad_input(digits: ImageSet) -> None:
         coreset_select(digits, teacher, 1, MEAN, STD, method="kmeans", progress=False)
     with pytest.raises(RD3Error, match="--ipc 0"):
         coreset_select(digits, teacher, 0, MEAN, STD, method="herding", progress=False)
+
+
+def test_non_finite_features_are_an_error():
+    """NaN features would make herding / k-center pick by NaN comparisons: an error instead."""
+    from rd3fast.coreset import teacher_features
+
+    model = build_model("convnet-d1-w4", 10, 16)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(RD3Error, match="features are NaN/inf"):
+        teacher_features(model, torch.zeros(4, 1, 16, 16, dtype=torch.uint8), (0.5,), (0.5,))
