@@ -271,8 +271,6 @@ def test_bad_input(digits: ImageSet) -> None:
 
 def test_non_finite_features_are_an_error():
     """NaN features would make herding / k-center pick by NaN comparisons: an error instead."""
-    from rd3fast.coreset import teacher_features
-
     model = build_model("convnet-d1-w4", 10, 16)
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
