@@ -6,7 +6,7 @@ measures images/s and GB/s of:
 
     fused_bf16 / fused_fp32   rd3fast.kernels.fused_augment: resident uint8 set + indices + AugParams ->
                               finished batch, bf16 (training dtype) or fp32 output, one kernel launch
-    torch_eager               rd3fast.aug.augment(images[idx], ...) on the same device (the spec), bf16 out
+    torch_eager               rd3fast.engine.aug.augment(images[idx], ...) on the same device (the spec), bf16 out
     torch_compile             the same function under torch.compile (compile time excluded)
     pil_dataloader            PIL images in RAM -> RandomResizedCrop + RandomHorizontalFlip + ToTensor +
                               Normalize in DataLoader workers, batch to the device, CutMix there (the RDED way)
@@ -44,9 +44,10 @@ if not torch.cuda.is_available():  # the kernels run on CPU tensors only under t
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import common  # noqa: E402
+
 import rd3fast  # noqa: E402
-from rd3fast import aug  # noqa: E402
-from rd3fast.aug import AugSpec  # noqa: E402
+from rd3fast.engine import aug  # noqa: E402
+from rd3fast.engine.aug import AugSpec  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 COMPILED: dict[int, Callable] = {}
@@ -139,8 +140,8 @@ def gpu_rows(kernels, images: torch.Tensor, spec: AugSpec, batch: int, args, dev
 
 class PILSet(torch.utils.data.Dataset):
     def __init__(self, images: torch.Tensor, size: int) -> None:
-        from PIL import Image
         import torchvision.transforms as T
+        from PIL import Image
 
         self.pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
         self.tf = T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), T.RandomHorizontalFlip(),

@@ -61,7 +61,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import bench_cpu  # noqa: E402  (prepare: teacher + set with the CLIs; run_timed: one subprocess)
 import common  # noqa: E402  (machine header, tables, JSON)
 
-from rd3fast.cache import SoftLabelCache, describe_compression  # noqa: E402
+from rd3fast.engine.soft_labels import SoftLabelCache, describe_compression
 
 SAME_STREAM = "same-stream"  # on-the-fly on the recording seed's augmentation draws: replay's exact reference
 VARIANTS: dict[str, tuple[int, int] | None] = {  # name: (--cache-topk, --cache-bits); None: no cache
@@ -355,8 +355,8 @@ def run_on_stream(argv: list[str]) -> int:
     """``--stream-seed S -- <rd3fast.run flags>``: rd3fast.run with every run's loader seeded S (each student
     still initialized from its own seed): on-the-fly training on the batches a cache recorded with seed S
     holds. Only for this benchmark's same-stream reference."""
-    import rd3fast.train as train
-    from rd3fast.loader import ResidentLoader
+    import rd3fast.engine.train as train
+    from rd3fast.engine.loader import ResidentLoader
     from rd3fast.run import main as run_main
 
     seed, rest = int(argv[1]), argv[3:] if argv[2:3] == ["--"] else argv[2:]

@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rd3fast import backends, valcache  # noqa: E402
-from rd3fast.backends import make_reader  # noqa: E402
-from rd3fast.data import BUILTIN  # noqa: E402
+from rd3fast.data import backends, valcache
+from rd3fast.data.backends import make_reader
+from rd3fast.data.sets import BUILTIN
 
 FM = BUILTIN["fashion-mnist"]
 
@@ -54,7 +54,7 @@ def sample_folder(n_per_class: int, width: int, height: int) -> Path:
     written once into the cache dir."""
     import multiprocessing as mp
 
-    from rd3fast.data import load_real
+    from rd3fast.data.sets import load_real
 
     root = valcache.cache_root() / "bench" / f"fmnist_val_{n_per_class}x10_{width}x{height}"
     if not (root / "09").is_dir():
@@ -90,7 +90,7 @@ def bench_backend(name: str, root: Path, args, model, dev: torch.device, scratch
     t0 = time.perf_counter()
     source, label = root, name
     if name == "ffcv":  # the .beton is written afresh and counted in the first pass
-        from rd3fast.backends.ffcv import write_beton
+        from rd3fast.data.backends.ffcv import write_beton
 
         source = write_beton(root, scratch / "val.beton", write_mode=args.ffcv_write_mode, workers=args.workers)
         label = f"ffcv ({args.ffcv_write_mode} .beton)"
@@ -106,7 +106,7 @@ def bench_backend(name: str, root: Path, args, model, dev: torch.device, scratch
 def bench_cache(root: Path, args, model, dev: torch.device, decoder: str, fused: bool = False) -> dict:
     """fused=False: normalization as the spec writes it (aug.eval_transform); True: the one multiply-subtract
     that ``train.evaluate`` and the readers use (aug.eval_normalize)."""
-    from rd3fast.aug import eval_normalize, eval_transform
+    from rd3fast.data.pixels import eval_normalize, eval_transform
 
     cache_dir = valcache.cache_root() / "bench" / "valcache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # the first pass decodes and writes the cache afresh
@@ -141,8 +141,8 @@ def bench_cache(root: Path, args, model, dev: torch.device, decoder: str, fused:
 
 def gpu_eval_throughput(args, dev: torch.device) -> dict:
     """ResNet-18 top-1 evaluation from resident uint8 crops (train.evaluate): img/s after a warm-up pass."""
-    from rd3fast.models import build_model
-    from rd3fast.train import evaluate
+    from rd3fast.engine.models import build_model
+    from rd3fast.engine.train import evaluate
 
     n, s = args.gpu_eval_images, args.image_size
     images = torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, device=dev)  # throughput only
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     root = Path(args.val) if args.val else sample_folder(args.per_class, args.width, args.height)
     model = None
     if args.model:
-        from rd3fast.models import build_model
+        from rd3fast.engine.models import build_model
 
         model = build_model(args.model, 10, args.image_size).to(dev).eval()
         if dev.type == "cuda":

@@ -10,7 +10,7 @@ at 32 px, 100 classes, IPC 50 = 5k images) and batch size (50, 100, 256) it meas
     reference_amp      workers, CutMix + teacher on the GPU, eager fp32 / bf16 autocast (no extra forward
                        unless --reference-extra-forward, so the work equals the rd3 preset's and the ceiling's)
     reference_rd3fast_loader   the same script with the drop-in swap (rd3fast ResidentLoader + Relabeler), bf16
-    rd3fast_torch      rd3fast.train.train_seeds, rd3/rd3-small preset: torch augmentation, eager step
+    rd3fast_torch      rd3fast.engine.train.train_seeds, rd3/rd3-small preset: torch augmentation, eager step
     rd3fast_kernels    ... Triton augmentation kernels, eager step
     rd3fast_graph      ... kernels + the whole step as one CUDA graph (what `--cuda-graph auto` picks on CUDA)
     rd3fast_seq3       3 seeds one after another, each graphed (aggregate img/s of the 3 runs)
@@ -91,7 +91,7 @@ def release() -> None:
 def ceiling(st: Setting, batch: int, device: torch.device, *, graph: bool, steps: int, windows: int,
             warmup_steps: int) -> dict[str, Any]:
     """Teacher + student step on one static batch; eager, or captured once and replayed."""
-    from rd3fast.models import build_model
+    from rd3fast.engine.models import build_model
 
     name = "ceiling_graph" if graph else "ceiling_eager"
     if graph and device.type != "cuda":
@@ -176,12 +176,12 @@ RD3_VARIANTS: dict[str, dict[str, Any]] = {
 
 def rd3fast_variant(name: str, st: Setting, batch: int, device: torch.device, data: tuple,
                     args: argparse.Namespace) -> dict[str, Any]:
-    from rd3fast import train as T
     from rd3fast.config import IMAGENET_MEAN, IMAGENET_STD, Config, preset
-    from rd3fast.data import ImageSet
-    from rd3fast.experiment import Experiment
-    from rd3fast.models import build_model
-    from rd3fast.teacher import Relabeler
+    from rd3fast.data.sets import ImageSet
+    from rd3fast.engine import train as T
+    from rd3fast.engine.experiment import Experiment
+    from rd3fast.engine.models import build_model
+    from rd3fast.engine.teacher import Relabeler
 
     want = dict(RD3_VARIANTS[name])
     if device.type != "cuda":  # what exists off CUDA: the torch spec, eager
@@ -200,7 +200,7 @@ def rd3fast_variant(name: str, st: Setting, batch: int, device: torch.device, da
     seeds = list(range(args.k)) if name in K_VARIANTS else [0]
     if k > 1 and not hasattr(T, "train_seeds"):
         return common.result_row(name, st.size, batch, st.arch, status="api-missing",
-                                 note="rd3fast.train has no train_seeds")
+                                 note="rd3fast.engine.train has no train_seeds")
     images, labels = data
     epochs = args.warmup_epochs + args.epochs
     cfg = preset(st.preset).replace(
@@ -210,7 +210,7 @@ def rd3fast_variant(name: str, st: Setting, batch: int, device: torch.device, da
         **({"parallel_seeds": k} if "parallel_seeds" in fields else {}))
     teacher = build_model(st.arch, st.classes, st.size).to(device)
     if device.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)  # as rd3fast.teacher.load_teachers does
+        teacher = teacher.to(memory_format=torch.channels_last)  # as rd3fast.engine.teacher.load_teachers does
     classes = [str(i) for i in range(st.classes)]
     train_set = ImageSet(images, labels, classes, f"random uint8 {st.size}px")
     val_set = ImageSet(images[:batch], labels[:batch], classes, "random (untimed final eval)")

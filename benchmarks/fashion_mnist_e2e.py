@@ -3,12 +3,12 @@
     python benchmarks/fashion_mnist_e2e.py --quick --out runs/fmnist_e2e_quick    # 2 CPU cores: ~20 min
     python benchmarks/fashion_mnist_e2e.py --out runs/fmnist_e2e                  # full (meant for a GPU)
 
-1. teacher: ``rd3fast.pretrain.pretrain`` with the ``pretrain`` preset (SGD, cosine, random crop + flip) on
+1. teacher: ``rd3fast.engine.pretraining.pretrain`` with the ``pretrain`` preset (SGD, cosine, random crop + flip) on
    Debian's Fashion-MNIST training split (/usr/share/datasets/fashion-mnist), tested on the 10k test split.
    It has BatchNorm (``-bn`` ConvNet, or ResNet-18): SRe2L/CDA recover from its running statistics;
 2. distill IPC 10 (and 50) with every distiller, written as ImageFolders: ``random`` (DD-Ranking's
-   random-real baseline), ``rded`` (factor 1 at 28 px), ``sre2l`` and ``cda`` (``rd3fast.recover``),
-   ``herding`` and ``kcenter`` (``rd3fast.coreset``, on the teacher's features);
+   random-real baseline), ``rded`` (factor 1 at 28 px), ``sre2l`` and ``cda`` (``rd3fast.methods.recover``),
+   ``herding`` and ``kcenter`` (``rd3fast.methods.coreset``, on the teacher's features);
 3. evaluate each set under ``rd3-small`` (the rectified protocol, soft labels from the teacher) and under
    its method's own protocol (``OWN`` below: ``rded-small``, ``sre2l-cifar``, ``cda``, and for random /
    herding / k-center the hard-label DC-bench/MTT protocol ``mtt`` with lr 0.01, DSA and no teacher);
@@ -38,15 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rd3fast.config import resolve  # noqa: E402
-from rd3fast.data import BUILTIN, load_real  # noqa: E402
-from rd3fast.coreset import coreset_select  # noqa: E402
-from rd3fast.distill import random_real, rded_select, write_image_folder  # noqa: E402
+from rd3fast.data.sets import BUILTIN, load_real, write_image_folder
+from rd3fast.engine.experiment import pick_device
+from rd3fast.engine.pretraining import pretrain
+from rd3fast.engine.teacher import load_teachers
 from rd3fast.evaluate import evaluate_distilled, table_row  # noqa: E402
-from rd3fast.experiment import pick_device  # noqa: E402
-from rd3fast.pretrain import pretrain  # noqa: E402
-from rd3fast.recover import Recipe, recover  # noqa: E402
+from rd3fast.methods.coreset import coreset_select, random_real
+from rd3fast.methods.rded import rded_select
+from rd3fast.methods.recover import Recipe, recover
 from rd3fast.results import format_table, write_json  # noqa: E402
-from rd3fast.teacher import load_teachers  # noqa: E402
 
 QUICK = dict(teacher="convnet-d3-w32-bn", teacher_epochs=3, student="convnet-d3-w16", epochs=0,
              image_budget=30_000, seeds="0,1", candidates=100, ipc="10", recover_iterations=1000,

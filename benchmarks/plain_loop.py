@@ -125,7 +125,7 @@ def fashion_mnist_val() -> tuple[np.ndarray, np.ndarray]:
 
 def digits_val(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn digits' held-out 30 % (the split rd3fast uses), uint8 0..255 resized 8 -> ``size`` with
-    torch bilinear + antialias, rounded and clamped (as rd3fast.data does)."""
+    torch bilinear + antialias, rounded and clamped (as rd3fast.data.sets does)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -24,7 +24,7 @@ median of ``--epochs`` measured windows; ``--steps N`` caps an epoch at N steps.
 Drop-in rd3fast (``--rd3fast-loader``): the same loop with the DataLoader and the teacher call swapped for
 rd3fast's GPU-resident loader (augmentation + CutMix on the device) and its relabeler. In a user's script
 the whole change is (``images_uint8``: the distilled set as uint8 N x 3 x H x W, e.g.
-``rd3fast.data.load_distilled(root).images``, or ``torch.stack([pil_to_tensor(im) for im in pil_images])``)::
+``rd3fast.data.sets.load_distilled(root).images``, or ``torch.stack([pil_to_tensor(im) for im in pil_images])``)::
 
     -    loader = DataLoader(dataset, batch_size=50, shuffle=True, num_workers=16, pin_memory=True)
     +    from rd3fast import AugSpec, Relabeler, ResidentLoader

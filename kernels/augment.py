@@ -1,10 +1,10 @@
 """One Triton kernel for the whole augmentation path: resident uint8 set -> finished, normalized batch.
 
-Must equal (``rd3fast/aug.py``, the specification):
+Must equal (``rd3fast/engine/aug.py``, the specification):
     fused_augment               == aug.augment(images[idx], params, spec, dtype, channels_last)
     crop_resize_flip_normalize  == the same with no CutMix / Mixup (params.mix taken as "none")
     patch_shuffle_u8            == aug.patch_shuffle(images[idx], row_perm, col_perm)      (exact, uint8)
-    normalize_u8                == aug.eval_transform(images[idx], mean, std, dtype)
+    normalize_u8                == pixels.eval_transform(images[idx], mean, std, dtype)
 Exact (bit for bit, CPU interpreter and GPU) for index-moving work: gather, PatchShuffle, flip, CutMix,
 the Mixup blend, normalization of integer values, boxes whose scale is 1. Within float32 rounding where
 bilinear weights are summed: the tests use atol 1e-4 on normalized float32 output (observed < 2e-6).
@@ -24,7 +24,7 @@ computed per tile row and the column state per tile column (2-D broadcasting); t
 unrolled, and every tensor keeps a pixel's taps in the same thread (no cross-lane reductions). Gather loads
 are unmasked because every address is clamped into the image (and perm entries into [0, f)). For CutMix
 (one box per batch) a tile wholly inside or outside the box walks one sample only. Normalization of an
-integer value reads a 256-entry table made by aug.normalize itself (bit-exact); other values use one FMA.
+integer value reads a 256-entry table made by pixels.normalize itself (bit-exact); other values use one FMA.
 The Mixup products are explicit ``mul.rn`` on the GPU so that no FMA contraction changes their rounding.
 Kernels draw no random numbers, do no host sync, and are CUDA-graph capturable after one eager call.
 
@@ -45,8 +45,8 @@ import torch
 import triton
 import triton.language as tl
 
-from rd3fast import aug
-from rd3fast.aug import AugParams, AugSpec
+from rd3fast.data import pixels
+from rd3fast.engine.aug import AugParams, AugSpec
 
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
 _MIX = {"none": 0, "cutmix": 1, "mixup": 2}
@@ -221,8 +221,8 @@ def _walk(s, sp, pick, oy, ox, img_ptr, s_n, s_h, s_w, n_img, idx_ptr, box_ptr, 
 
 @triton.jit
 def _normalize(v, c: tl.constexpr, lut_ptr, aff_ptr, C: tl.constexpr):
-    """aug.normalize: (v / 255 - mean) / std. Integer v (every pixel of an identity-scale box, eval batches)
-    reads a 256-entry table made by aug.normalize itself, so it is bit-exact; other v use one FMA with
+    """pixels.normalize: (v / 255 - mean) / std. Integer v (every pixel of an identity-scale box, eval batches)
+    reads a 256-entry table made by pixels.normalize itself, so it is bit-exact; other v use one FMA with
     1 / (255 std) and -mean / std (within ~1e-6 of the spec's two divisions)."""
     vi = v.to(tl.int32)
     exact = tl.load(lut_ptr + c * 256 + tl.minimum(tl.maximum(vi, 0), 255))
@@ -440,7 +440,7 @@ _CONSTS: dict = {}
 
 def _norm_tables(mean, std, c: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalization constants on the device, made once per (mean, std, device) so that a step does no
-    host-to-device copy: a (C, 256) table of aug.normalize(0..255) computed by the spec itself on ``dev``,
+    host-to-device copy: a (C, 256) table of pixels.normalize(0..255) computed by the spec itself on ``dev``,
     and (2, C) float32 rows 1 / (255 std), -mean / std for non-integer (resampled) values."""
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != c or len(std) != c:
@@ -453,7 +453,7 @@ def _norm_tables(mean, std, c: int, dev: torch.device) -> tuple[torch.Tensor, to
             raise RuntimeError("rd3fast.kernels: call the kernel once before CUDA-graph capture (it builds its "
                                "normalization tables and compiles on first use)")
         levels = torch.arange(256, dtype=torch.float32, device=dev).view(1, 1, 256, 1).expand(1, c, 256, 1)
-        lut = aug.normalize(levels, mean, std).reshape(c, 256).contiguous()
+        lut = pixels.normalize(levels, mean, std).reshape(c, 256).contiguous()
         aff = torch.tensor([[1.0 / (255.0 * s) for s in std], [-m / s for m, s in zip(mean, std)]],
                            dtype=torch.float32).to(dev)
         _CONSTS[key] = (lut, aff)
@@ -484,7 +484,7 @@ def _taps_constexpr(params: AugParams, spec: AugSpec, ih: int, iw: int, taps: in
         raise ValueError(f"taps must be an int >= 2, got {taps!r}")
     if taps > MAX_TAPS:
         raise ValueError(f"antialias filter of {taps} taps per axis (a box up to {taps / 2:g}x the output size): "
-                         f"more than {MAX_TAPS} would unroll too far; resize the set first (aug.resize_uint8)")
+                         f"more than {MAX_TAPS} would unroll too far; resize the set first (pixels.resize_uint8)")
     return taps
 
 
@@ -539,7 +539,7 @@ def _launch(images, idx, out, *, boxes=None, flip=None, row_perm=None, col_perm=
 
 def _check_params(params: AugParams, b: int, h: int, w: int, dev: torch.device) -> int:
     if not isinstance(params, AugParams):
-        raise ValueError(f"params must be an rd3fast.aug.AugParams, got {type(params).__name__}")
+        raise ValueError(f"params must be an rd3fast.engine.aug.AugParams, got {type(params).__name__}")
     _check("params.boxes", params.boxes, torch.int32, (b, 4), dev)
     _check("params.flip", params.flip, torch.bool, (b,), dev)
     _check("params.partner", params.partner, torch.int64, (b,), dev)
@@ -572,7 +572,7 @@ def fused_augment(images: torch.Tensor, idx: torch.Tensor, params: AugParams, sp
     n, c, h, w = images.shape
     f = _check_params(params, b, h, w, dev)
     if not isinstance(spec, AugSpec):
-        raise ValueError(f"spec must be an rd3fast.aug.AugSpec, got {type(spec).__name__}")
+        raise ValueError(f"spec must be an rd3fast.engine.aug.AugSpec, got {type(spec).__name__}")
     if spec.size < 1:
         raise ValueError(f"spec.size must be >= 1, got {spec.size}")
     lut, aff = _norm_tables(spec.mean, spec.std, c, dev)
@@ -611,7 +611,7 @@ def patch_shuffle_u8(images: torch.Tensor, row_perm: torch.Tensor, col_perm: tor
 def normalize_u8(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32,
                  idx: torch.Tensor | None = None, channels_last: bool = False, *, out: torch.Tensor | None = None,
                  block: tuple[int, int] | None = None) -> torch.Tensor:
-    """aug.eval_transform(images[idx] (or images), mean, std, dtype): (v / 255 - mean) / std, for eval batches."""
+    """pixels.eval_transform(images[idx] (or images), mean, std, dtype): (v / 255 - mean) / std, for eval batches."""
     dev = _check_images(images)
     n, c, h, w = images.shape
     b = n if idx is None else _check_idx(idx, n, dev)

@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 from .config import resolve
-from .data import BUILTIN, load_real
-from .distill import random_real, rded_select, write_image_folder
+from .data.sets import BUILTIN, load_real, write_image_folder
+from .engine.experiment import pick_device
+from .engine.pretraining import pretrain
+from .engine.teacher import load_teachers
 from .errors import RD3Error
 from .evaluate import evaluate_distilled, failed_runs, table_row
-from .experiment import pick_device
-from .pretrain import pretrain
+from .methods.coreset import random_real
+from .methods.rded import rded_select
 from .results import format_table, plot_curves, write_json
-from .teacher import load_teachers
 
 DEMO_EPOCHS = 200  # the presets say 300-400; shortened for the demo (said in its output)
 TEACHER = "convnet-d3-w32"

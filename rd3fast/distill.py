@@ -10,13 +10,13 @@
 - ``sre2l``: SRe2L's recover (VILA-Lab/SRe2L SRe2L/recover/data_synthesis.py, SRe2L/*small_dataset/
   recover_cifar.py, recover_tiny.py): images optimized from Gaussian noise (or ``--init real``) so that the
   BatchNorm teacher classifies them as their class while each BN layer's batch statistics match its running
-  statistics (CE + r_bn * BN loss, Adam, cosine lr, crop/flip/roll jitter). ``rd3fast/recover.py`` holds
+  statistics (CE + r_bn * BN loss, Adam, cosine lr, crop/flip/roll jitter). ``rd3fast/methods/recover.py`` holds
   the loop and names the upstream file of every default.
 - ``cda``: CDA (VILA-Lab/SRe2L CDA/recover_cda_in1k.py, recover_cda_tiny.py): the same recover with an
   easy-to-hard curriculum on the RandomResizedCrop min scale, 1 -> 0.08 over ``--milestone`` of the
   iterations (``--easy2hard-mode step|linear|cosine``).
 - ``herding``, ``kcenter``: coreset selection of real images in the teacher's feature space
-  (``rd3fast/coreset.py``).
+  (``rd3fast/methods/coreset.py``).
 
     python -m rd3fast.distill --method rded --dataset digits --ipc 10 --factor 1 \\
         --teacher convnet-d3 --teacher-weights teacher.pt --out syn/rded_ipc10
@@ -31,104 +31,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from .atomic import atomic_folder
-from .aug import resized_crop, sample_rrc_boxes
 from .cliargs import ArgumentParser, integer, number, numbers
 from .config import SEED_LIMIT
-from .data import ImageSet, load_distilled, load_real
+from .data.sets import ImageSet, load_distilled, load_real, write_image_folder
+from .engine.teacher import Relabeler
 from .errors import RD3Error, cli
+from .methods.coreset import random_real
+from .methods.rded import rded_select
+from .methods.recover import CROPS, CURRICULA, INITS, Recipe, recover
 from .outputs import check_output_dir
-from .progress import bar
-from .recover import CROPS, CURRICULA, INITS, Recipe, recover
-from .teacher import Relabeler, teacher_input
-
-
-def random_real(real: ImageSet, ipc: int, seed: int = 0) -> ImageSet:
-    """IPC images per class, without replacement."""
-    rng = np.random.default_rng(seed)
-    picks = []
-    for c in range(real.num_classes):
-        idx = np.flatnonzero(real.labels.numpy() == c)
-        if len(idx) < ipc:
-            raise RD3Error(f"--ipc {ipc}: class {real.classes[c]!r} of {real.source} has only {len(idx)} images")
-        picks.append(np.sort(rng.choice(idx, size=ipc, replace=False)))
-    sel = torch.from_numpy(np.concatenate(picks))
-    return ImageSet(real.images[sel].clone(), real.labels[sel].clone(), list(real.classes), f"random-ipc{ipc}")
-
-
-@torch.inference_mode()
-def rded_select(real: ImageSet, teacher: Relabeler, ipc: int, mean: Sequence[float], std: Sequence[float], *,
-                factor: int = 2, candidates: int = 300, num_crop: int = 5, seed: int = 0,
-                device: torch.device | str = "cpu", progress: bool = True) -> ImageSet:
-    gen = torch.Generator().manual_seed(seed)
-    size = real.images.shape[-1]
-    cell = size // factor
-    if cell < 1:
-        raise RD3Error(f"--factor {factor}: larger than the {size} px images")
-    out_images, out_labels = [], []
-    for c in bar(range(real.num_classes), total=real.num_classes, desc="rded select", unit="class",
-                 enabled=progress):
-        idx = torch.nonzero(real.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)[:candidates]]
-        need = ipc * factor * factor
-        if len(idx) < need:
-            raise RD3Error(f"--ipc {ipc} with --factor {factor} needs {need} candidate images of class "
-                           f"{real.classes[c]!r}; {real.source} has {len(idx)}")
-        imgs = real.images[idx].to(device)  # (M, C, H, W) uint8
-        m = len(imgs)
-        boxes = torch.cat([sample_rrc_boxes(m, size, size, (0.08, 1.0), (1.0, 1.0), gen) for _ in range(num_crop)])
-        crops = resized_crop(imgs.repeat(num_crop, 1, 1, 1), boxes, cell, antialias=True)  # (num_crop*M, C, s, s)
-        x = teacher_input(crops, mean, std)
-        pad = size - cell
-        x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))  # zero in normalized space
-        ce = torch.cat([F.cross_entropy(teacher(x[i:i + 256]), torch.full((len(x[i:i + 256]),), c, device=device),
-                                        reduction="none") for i in range(0, len(x), 256)])
-        ce = ce.view(num_crop, m)
-        best_crop = ce.argmin(0)  # per image: the crop the teacher is surest of
-        best_ce = ce.gather(0, best_crop[None]).squeeze(0)
-        chosen = best_ce.argsort()[:need]
-        picked = crops.view(num_crop, m, *crops.shape[1:])[best_crop[chosen], chosen]  # (need, C, s, s)
-        out_images.append(stitch(picked, ipc, factor, size))
-        out_labels.append(torch.full((ipc,), c, dtype=torch.int64))
-    images = torch.cat(out_images).round().clamp(0, 255).to(torch.uint8).cpu()
-    return ImageSet(images, torch.cat(out_labels), list(real.classes), f"rded-ipc{ipc}-f{factor}")
-
-
-def stitch(patches: torch.Tensor, ipc: int, factor: int, size: int) -> torch.Tensor:
-    """RDED mix_images: output t's grid cell k (row-major) is patches[k * ipc + t], nearest-resized."""
-    base, extra = divmod(size, factor)
-    sizes = [base + (1 if i < extra else 0) for i in range(factor)]
-    offs = np.cumsum([0] + sizes)
-    out = torch.zeros(ipc, patches.shape[1], size, size, device=patches.device)
-    for k in range(factor * factor):
-        r, q = divmod(k, factor)
-        cellimgs = patches[k * ipc:(k + 1) * ipc]
-        out[:, :, offs[r]:offs[r + 1], offs[q]:offs[q + 1]] = F.interpolate(cellimgs, size=(sizes[r], sizes[q]),
-                                                                             mode="nearest")
-    return out
-
-
-def write_image_folder(images: ImageSet, out: str | Path) -> Path:
-    """RDED's layout {class:05d}/class{class:05d}_id{i:05d}.png; refuses to mix into a non-empty folder, and
-    a failed write (a full disk) leaves no partial folder."""
-    root = check_output_dir(out, "--out", must_be_empty=True)
-    counts: dict[int, int] = {}
-    with atomic_folder(root) as tmp:
-        for img, y in zip(images.images, images.labels.tolist()):
-            i = counts[y] = counts.get(y, -1) + 1
-            d = tmp / f"{y:05d}"
-            d.mkdir(exist_ok=True)
-            arr = img.permute(1, 2, 0).numpy()
-            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"class{y:05d}_id{i:05d}.png")
-    return root
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -144,7 +59,7 @@ COUNT_BATCH_SIZE = 256  # herding/kcenter: images per teacher forward (coreset_s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .experiment import pick_device
+    from .engine.experiment import pick_device
 
     p = ArgumentParser(prog="python -m rd3fast.distill", description="Distillers that write an ImageFolder.",
                        formatter_class=_DefaultsHelp)
@@ -249,7 +164,7 @@ def _distill_with_teacher(args: argparse.Namespace, real: ImageSet, device: torc
     if args.method in RECOVER_METHODS:
         return recover(teacher, real, args.ipc, mean, std, recipe=recipe, seed=args.seed, device=device,
                        progress=progress, arch=args.teacher)
-    from .coreset import coreset_select  # herding | kcenter
+    from .methods.coreset import coreset_select
 
     return coreset_select(real, teacher, args.ipc, mean, std, method=args.method, seed=args.seed, device=device,
                           batch_size=args.batch_size or COUNT_BATCH_SIZE, progress=progress)
@@ -259,8 +174,8 @@ def _teacher_from_args(args: argparse.Namespace, real: ImageSet,
                        device: torch.device) -> tuple[Relabeler, Sequence[float], Sequence[float]]:
     """The --teacher loaded from --teacher-weights, and the normalization it takes: --mean/--std, else the
     weights file's recorded mean/std (an RD3Error when neither says)."""
-    from .models import read_state_dict
-    from .teacher import load_teachers
+    from .engine.models import read_state_dict
+    from .engine.teacher import load_teachers
 
     _, meta = read_state_dict(args.teacher_weights)
     mean = args.mean or meta.get("mean")

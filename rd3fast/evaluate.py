@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpointing, StopRequest
 from .config import Config, describe
+from .engine.checkpoint import Checkpointing, StopRequest
 from .errors import RD3Error
 from .lock import OutputLock
 from .results import aggregate, environment, plot_curves, write_json
@@ -50,8 +50,8 @@ def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path
     checkpoint (``<out>/.checkpoints/``, every ``checkpoint_every`` epochs, 0 = automatic, and on a
     ``stop`` request, after which ``checkpoint.Interrupted`` propagates). A run whose loss goes
     non-finite is recorded as failed, with its epoch and reason, and left out of the summary."""
-    from .experiment import load_more_sets, prepare
-    from .train import check_side_by_side, train_seeds
+    from .engine.experiment import load_more_sets, prepare
+    from .engine.train import check_side_by_side, train_seeds
 
     names, paths = list(sets), list(sets.values())
     with contextlib.ExitStack() as held:

@@ -34,7 +34,7 @@ def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str 
     (``00``, ``01``, ...; sorted order = class index), files ``{i:05d}.jpg``. Gray stays gray."""
     from PIL import Image
 
-    from .data import load_real
+    from .data.sets import load_real
 
     if fmt not in ("jpg", "png"):
         raise RD3Error(f"--format: expected jpg or png, got {fmt!r}")
@@ -105,14 +105,14 @@ def _run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.cmd == "beton":
         check_output_file(args.out, "--out")
-        from .backends.ffcv import write_beton
+        from .data.backends.ffcv import write_beton
 
         out = write_beton(args.source, args.out, split=args.split, write_mode=args.write_mode,
                           jpeg_quality=args.jpeg_quality, max_resolution=args.max_resolution,
                           class_map=args.class_map, workers=args.workers, image_size=args.image_size)
         print(f"wrote {out} (+ {out.name}.json) in {time.perf_counter() - t0:.1f}s")
     elif args.cmd == "cache":
-        from .valcache import build, load
+        from .data.valcache import build, load
 
         check_output_dir(cache_root(args.cache_dir), "--cache-dir")
         npy = build(args.source, image_size=args.image_size, resize_ratio=args.val_resize_ratio,

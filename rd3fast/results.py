@@ -18,15 +18,14 @@ from typing import Any, Sequence
 import torch
 
 from .atomic import atomic_write
+from .version import __version__
 
 SCHEMA_VERSION = 1
 
 
 def environment(device: torch.device | None = None) -> dict[str, Any]:
-    import rd3fast
-
     env = {"python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": _version("torchvision"), "rd3fast": rd3fast.__version__,
+           "torchvision": _version("torchvision"), "rd3fast": __version__,
            "platform": platform.platform(), "git_sha": git_sha(), "timm": _version("timm")}
     if device is not None and device.type == "cuda":
         env["device"] = torch.cuda.get_device_name(device)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Sequence
 
 from . import config as config_mod
-from .config import PRESETS, add_config_flags, config_from_args
 from .cliargs import ArgumentParser, integer
+from .config import PRESETS, add_config_flags, config_from_args
+from .engine.checkpoint import StopRequest
 from .errors import RD3Error, cli, print_error
-from .checkpoint import StopRequest
 from .evaluate import evaluate_sets, failed_runs, table_row
 from .outputs import check_folder_name, check_output_dir
 from .results import format_table

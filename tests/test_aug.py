@@ -1,4 +1,4 @@
-"""rd3fast.aug: each op against torchvision / torch where they have it, hand-worked cases where they don't,
+"""rd3fast.engine.aug: each op against torchvision / torch where they have it, hand-worked cases where they don't,
 sampler statistics, and the composed pipeline. CPU only, tiny shapes."""
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
-from rd3fast import aug
-from rd3fast.aug import AugParams, AugSpec
+from rd3fast.data import pixels
+from rd3fast.engine import aug
+from rd3fast.engine.aug import AugParams, AugSpec
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -127,12 +128,12 @@ def test_resample_weights_rows_sum_to_one_inside_image(antialias):
 
 def test_normalize_matches_totensor_normalize():
     x = u8(2, 3, 5, 6, seed=5)
-    out = aug.normalize(x.float(), MEAN, STD)
+    out = pixels.normalize(x.float(), MEAN, STD)
     norm = T.Normalize(MEAN, STD)
     for i in range(2):
         ref = norm(x[i].float().div(255))
         torch.testing.assert_close(out[i], ref, atol=1e-6, rtol=0)
-    ev = aug.eval_transform(x, MEAN, STD, dtype=torch.bfloat16)
+    ev = pixels.eval_transform(x, MEAN, STD, dtype=torch.bfloat16)
     assert ev.dtype == torch.bfloat16
     torch.testing.assert_close(ev.float(), out.to(torch.bfloat16).float())
 
@@ -493,7 +494,7 @@ def test_augment_equals_ops_in_order(mix, crop, f):
         y = aug.patch_shuffle(y, p.row_perm, p.col_perm)
     y = aug.resized_crop(y, p.boxes, 6, spec.antialias)
     y = aug.hflip(y, p.flip)
-    y = aug.normalize(y, MEAN, STD)
+    y = pixels.normalize(y, MEAN, STD)
     y = aug.mix(y, p)
     out = aug.augment(x, p, spec)
     assert out.dtype == torch.float32 and out.shape == (5, 3, 6, 6)
@@ -538,7 +539,7 @@ def test_augment_identity_params_is_normalize(antialias):
     x = u8(3, 3, 9, 9, seed=34)
     p = aug.sample_params(spec, 3, 9, 9, gen(35))
     assert p.boxes.tolist() == [[0, 0, 9, 9]] * 3 and not p.flip.any() and p.mix == "none"
-    assert torch.equal(aug.augment(x, p, spec), aug.normalize(x.float(), MEAN, STD))
+    assert torch.equal(aug.augment(x, p, spec), pixels.normalize(x.float(), MEAN, STD))
 
 
 def test_augment_flip_of_full_box_is_exact_mirror():
@@ -546,7 +547,7 @@ def test_augment_flip_of_full_box_is_exact_mirror():
     x = u8(2, 3, 5, 5, seed=36)
     p = plain_params(2, 5, flip=torch.tensor([True, False]))
     out = aug.augment(x, p, spec)
-    ref = aug.normalize(x.float(), MEAN, STD)
+    ref = pixels.normalize(x.float(), MEAN, STD)
     assert torch.equal(out[0], ref[0].flip(-1)) and torch.equal(out[1], ref[1])
 
 
@@ -575,4 +576,4 @@ def test_spec_from_config():
 def test_eval_normalize_equals_eval_transform_within_rounding():
     x = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    torch.testing.assert_close(aug.eval_normalize(x, mean, std), aug.eval_transform(x, mean, std), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pixels.eval_normalize(x, mean, std), pixels.eval_transform(x, mean, std), rtol=1e-6, atol=1e-6)

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from rd3fast import backends
-from rd3fast.aug import normalize
-from rd3fast.backends import make_reader, resolve_loader
-from rd3fast.data import BUILTIN, load_real
+from rd3fast.data import backends
+from rd3fast.data.backends import make_reader, resolve_loader
+from rd3fast.data.folders import list_image_folder
+from rd3fast.data.pixels import normalize
+from rd3fast.data.sets import BUILTIN, load_real
 from rd3fast.errors import RD3Error
-from rd3fast.folders import list_image_folder
 from rd3fast.prepare import export_folder
 
 FM = BUILTIN["fashion-mnist"]
@@ -145,7 +145,7 @@ def test_dali_cpu_train_mode(fm_rgb: Path) -> None:
 
 @needs_ffcv
 def test_ffcv_fashion_mnist_beton_is_exact(tmp_path: Path) -> None:
-    from rd3fast.backends.ffcv import read_meta, write_beton
+    from rd3fast.data.backends.ffcv import read_meta, write_beton
 
     out = write_beton("fashion-mnist", tmp_path / "fm_val.beton", split="val", workers=2)
     meta = read_meta(out)
@@ -161,7 +161,7 @@ def test_ffcv_fashion_mnist_beton_is_exact(tmp_path: Path) -> None:
 
 @needs_ffcv
 def test_ffcv_jpeg_folder_matches_pil(fm_jpg: Path, fm_rgb: Path, tmp_path: Path) -> None:
-    from rd3fast.backends.ffcv import write_beton
+    from rd3fast.data.backends.ffcv import write_beton
 
     ref_x, ref_y = reference(fm_jpg, 28, 1.0)
     beton = write_beton(fm_jpg, tmp_path / "raw.beton", write_mode="raw", workers=2)  # PIL's decode, stored
@@ -185,7 +185,7 @@ def test_ffcv_jpeg_folder_matches_pil(fm_jpg: Path, fm_rgb: Path, tmp_path: Path
 
 @needs_ffcv
 def test_prepare_beton_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from rd3fast.backends.ffcv import read_meta
+    from rd3fast.data.backends.ffcv import read_meta
     from rd3fast.prepare import main
 
     out = tmp_path / "digits_val.beton"
@@ -200,7 +200,7 @@ def test_prepare_beton_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 def test_ffcv_writer_reports_a_corrupt_image(fm_jpg: Path, tmp_path: Path) -> None:
     import shutil
 
-    from rd3fast.backends.ffcv import write_beton
+    from rd3fast.data.backends.ffcv import write_beton
 
     root = tmp_path / "bad"
     shutil.copytree(fm_jpg, root)
@@ -238,7 +238,7 @@ def test_resolve_loader() -> None:
 @pytest.mark.parametrize("loader", [pytest.param("dali", marks=needs_dali), pytest.param("ffcv", marks=needs_ffcv)])
 def test_pretrain_streams_through_the_backend(loader: str, fm_jpg: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
-    from rd3fast.models import read_state_dict
+    from rd3fast.engine.models import read_state_dict
     from rd3fast.pretrain import main
 
     out = tmp_path / "t.pt"

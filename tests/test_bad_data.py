@@ -24,16 +24,18 @@ import pytest
 import torch
 from PIL import Image
 
-from rd3fast import data, decode, run, valcache
-from rd3fast.aug import AugParams
-from rd3fast.cache import SoftLabelCache
+from rd3fast import run
 from rd3fast.config import IMAGENET_MEAN, IMAGENET_STD, resolve
-from rd3fast.data import load_distilled
-from rd3fast.decode import Fit, decode_image
+from rd3fast.data import decode, valcache
+from rd3fast.data import sets as data
+from rd3fast.data.decode import Fit, decode_image
+from rd3fast.data.folders import list_image_folder
+from rd3fast.data.sets import load_distilled
+from rd3fast.engine.aug import AugParams
+from rd3fast.engine.experiment import load_more_sets, prepare
+from rd3fast.engine.models import build_model, save_weights
+from rd3fast.engine.soft_labels import SoftLabelCache
 from rd3fast.errors import RD3Error
-from rd3fast.experiment import load_more_sets, prepare
-from rd3fast.folders import list_image_folder
-from rd3fast.models import build_model, save_weights
 
 ARCH = "convnet-d2-w16"
 ROOT_IGNORES_PERMISSIONS = os.geteuid() == 0

@@ -20,10 +20,11 @@ import pytest
 import torch
 
 from rd3fast import distill, outputs, prepare, pretrain, run
-from rd3fast import train as train_mod
 from rd3fast.config import config_from_args
+from rd3fast.engine import pretraining
+from rd3fast.engine import train as train_mod
+from rd3fast.engine.models import build_model, save_weights
 from rd3fast.errors import RD3Error
-from rd3fast.models import build_model, save_weights
 from rd3fast.results import plot_curves, write_json
 
 ARCH = "convnet-d2-w16"
@@ -247,7 +248,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("training started before the bad input was reported")
 
     monkeypatch.setattr(train_mod, "train_seeds", trained)
-    monkeypatch.setattr(pretrain, "train", trained)
+    monkeypatch.setattr(pretraining, "train", trained)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -88,9 +88,9 @@ def _reference_module():
 
 @pytest.mark.parametrize("factor", [1, 2, 3])
 def test_reference_shuffle_patches_is_rded_semantics(factor: int) -> None:
-    """The reference's torchvision-style ShufflePatches draws one of the outputs rd3fast.aug.patch_shuffle
+    """The reference's torchvision-style ShufflePatches draws one of the outputs rd3fast.engine.aug.patch_shuffle
     defines (column strips then row strips, remainder dropped) for some pair of strip orders."""
-    from rd3fast.aug import patch_shuffle
+    from rd3fast.engine.aug import patch_shuffle
 
     ref = _reference_module()
     img = torch.arange(3 * 7 * 8, dtype=torch.float32).view(3, 7, 8)

@@ -1,4 +1,4 @@
-"""Coreset baselines (rd3fast.coreset): herding and k-center greedy on teacher features."""
+"""Coreset baselines (rd3fast.methods.coreset): herding and k-center greedy on teacher features."""
 from __future__ import annotations
 
 import itertools
@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rd3fast.aug import normalize
-from rd3fast.coreset import (coreset_indices, coreset_select, final_linear, herding, kcenter_greedy,
-                             teacher_features)
-from rd3fast.data import BUILTIN, ImageSet, load_real
+from rd3fast.data.pixels import normalize
+from rd3fast.data.sets import BUILTIN, ImageSet, load_real
+from rd3fast.engine.models import build_model
+from rd3fast.engine.teacher import Relabeler
 from rd3fast.errors import RD3Error
-from rd3fast.models import build_model
-from rd3fast.teacher import Relabeler
+from rd3fast.methods.coreset import (coreset_indices, coreset_select, final_linear, herding, kcenter_greedy,
+                                     teacher_features)
 
 MEAN, STD = BUILTIN["digits"].mean, BUILTIN["digits"].std
 

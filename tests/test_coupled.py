@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from rd3fast import run
-from rd3fast.aug import normalize
 from rd3fast.config import resolve
-from rd3fast.data import BUILTIN, load_real
+from rd3fast.data.pixels import normalize
+from rd3fast.data.sets import BUILTIN, load_real
+from rd3fast.engine.experiment import prepare
+from rd3fast.engine.losses import total_loss
+from rd3fast.engine.train import train
 from rd3fast.errors import RD3Error
-from rd3fast.experiment import prepare
-from rd3fast.losses import total_loss
-from rd3fast.train import train
 
 DIGITS = BUILTIN["digits"]
 STUDENT = "convnet-d1-w8"
@@ -128,7 +128,7 @@ def test_sgd_reset_at_decay_drops_momentum_only_at_the_decay(tmp_path):
 def test_zca_whitens_training_and_validation_alike(tmp_path, monkeypatch):
     """--zca on a PNG-like (uint8) set: fitted on the real training split, applied to the training images
     before DSA and to every validation batch; a trained student is evaluated in the same space."""
-    from rd3fast.train import evaluate, training_images
+    from rd3fast.engine.train import evaluate, training_images
 
     monkeypatch.setenv("RD3FAST_CACHE", str(tmp_path / "cache"))
     folder, _, _ = mtt_folder(tmp_path / "mtt")
@@ -157,7 +157,7 @@ def test_zca_whitens_training_and_validation_alike(tmp_path, monkeypatch):
 def test_mtt_with_zca_and_dsa_on_cuda(tmp_path):
     """The coupled path on the GPU: DSA ops on CUDA equal the CPU spec, and an mtt run with ZCA trains
     (eagerly: DSA picks its op on the host)."""
-    from rd3fast.aug import AugSpec, dsa, sample_params
+    from rd3fast.engine.aug import AugSpec, dsa, sample_params
 
     spec = AugSpec(size=16, mean=DIGITS.mean, std=DIGITS.std, crop="none", flip_p=0.0, mix="none", aug="dsa")
     x = torch.randn(32, 3, 16, 16)

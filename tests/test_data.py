@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from rd3fast import data, decode
-from rd3fast.data import BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real, read_idx
+from rd3fast.data import decode
+from rd3fast.data import sets as data
+from rd3fast.data.folders import read_class_map
+from rd3fast.data.sets import BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real, read_idx
 from rd3fast.errors import RD3Error
-from rd3fast.folders import read_class_map
 
 
 def rand_pixels(seed: int, h: int, w: int, c: int = 3) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""rd3fast.aug DSA mode: each family against a reference written the way DC/DSA/MTT's ``utils.py``
+"""rd3fast.engine.aug DSA mode: each family against a reference written the way DC/DSA/MTT's ``utils.py``
 (``rand_scale``, ``rand_rotate``, ``rand_flip``, ``rand_brightness``/``rand_saturation``/``rand_contrast``,
 ``rand_crop``, ``rand_cutout``) computes it, fed the same drawn values; the sampler's distributions; the
 composed ``augment``; and the standard mode's random stream, frozen before DSA was added. CPU, tiny shapes."""
@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rd3fast import aug
-from rd3fast.aug import DSA_FAMILIES, AugParams, AugSpec
+from rd3fast.data import pixels
+from rd3fast.engine import aug
+from rd3fast.engine.aug import DSA_FAMILIES, AugParams, AugSpec
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -343,7 +343,7 @@ def test_augment_dsa_uint8_is_dsa_of_normalized_then_mix(mix):
     for seed in range(30):
         p = aug.sample_params(spec, 6, 8, 8, gen(seed))
         seen.add(p.dsa_op)
-        expect = aug.mix(aug.dsa(aug.normalize(images.float(), MEAN, STD), p), p)
+        expect = aug.mix(aug.dsa(pixels.normalize(images.float(), MEAN, STD), p), p)
         assert torch.equal(aug.augment(images, p, spec), expect)
     assert seen == set(DSA_FAMILIES)
 
@@ -369,7 +369,7 @@ def test_augment_dsa_dtype_and_layout(dtype, channels_last):
 
 
 def test_params_plumbing_keeps_dsa_fields():
-    from rd3fast.graph import _flatten, _unflatten
+    from rd3fast.engine.graph import _flatten, _unflatten
 
     p = aug.sample_params(spec_(8, strategy="color", mix="cutmix"), 4, 8, 8, gen(0))
     names = set(p.tensors())
@@ -384,7 +384,7 @@ def test_params_plumbing_keeps_dsa_fields():
     assert back.dsa_op == "color" and torch.equal(back.dsa_color, p.dsa_color) and back.dsa_shift is None
 
 
-# One sample_params draw of the standard mode, recorded with rd3fast/aug.py as it was before DSA mode was
+# One sample_params draw of the standard mode, recorded with rd3fast/engine/aug.py as it was before DSA mode was
 # added (seed 123, batch 4, 12 x 12 images, size 12), plus the generator's next draw: the standard path's
 # random stream must not change.
 FROZEN = [

@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rd3fast.cache import PermCodec, SoftLabelCache, resolve_topk
 from rd3fast.config import PRESETS, resolve
-from rd3fast.data import ImageSet
+from rd3fast.data.sets import ImageSet
+from rd3fast.engine.experiment import Experiment
+from rd3fast.engine.graph import graph_unavailable_reason
+from rd3fast.engine.models import build_model
+from rd3fast.engine.soft_labels import PermCodec, SoftLabelCache, resolve_topk
+from rd3fast.engine.students import Students
+from rd3fast.engine.teacher import Relabeler
+from rd3fast.engine.train import build_engine, train_seeds
 from rd3fast.errors import RD3Error
-from rd3fast.experiment import Experiment
-from rd3fast.graph import graph_unavailable_reason
-from rd3fast.models import build_model
-from rd3fast.students import Students
-from rd3fast.teacher import Relabeler
-from rd3fast.train import build_engine, train_seeds
 
 
 def toy_experiment(device="cpu", classes=5, n_per=8, size=12, preset="rd3", teachers=1, **overrides):
@@ -78,8 +78,8 @@ def test_cache_record_then_replay_reproduces_batches(tmp_path):
     cache = SoftLabelCache(tmp_path / "c", "replay")
     assert cache.meta["epochs"] == [0, 1]
     # The recorded draws rebuild exactly the batches a fresh loader with the same seed makes.
-    from rd3fast.aug import AugSpec
-    from rd3fast.loader import ResidentLoader
+    from rd3fast.engine.aug import AugSpec
+    from rd3fast.engine.loader import ResidentLoader
 
     cfg = exp.cfg
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
@@ -151,8 +151,8 @@ def test_cache_default_at_10_classes_is_lossless(tmp_path):
     [(recorded, rec_model)] = train_seeds(exp, [0], progress=False)
     cache = SoftLabelCache(tmp_path / "c", "replay")
     assert cache.meta["topk"] == 0 and cache.meta["bits"] == 16
-    from rd3fast.aug import AugSpec
-    from rd3fast.loader import ResidentLoader
+    from rd3fast.engine.aug import AugSpec
+    from rd3fast.engine.loader import ResidentLoader
 
     cfg = exp.cfg
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
@@ -193,8 +193,8 @@ def test_cache_8bit_codes_within_half_a_step(tmp_path, topk):
     train_seeds(exp, [0], progress=False)
     cache = SoftLabelCache(tmp_path / "c", "replay")
     assert cache.meta["bits"] == 8 and cache.meta["topk"] == topk
-    from rd3fast.aug import AugSpec
-    from rd3fast.loader import ResidentLoader
+    from rd3fast.engine.aug import AugSpec
+    from rd3fast.engine.loader import ResidentLoader
 
     cfg = exp.cfg
     spec = AugSpec.from_config(cfg, cfg.image_size, cfg.mean, cfg.std)
@@ -223,7 +223,7 @@ def test_cache_8bit_codes_within_half_a_step(tmp_path, topk):
 
 
 def test_cache_8bit_codec_edge_cases():
-    from rd3fast.cache import _decode, _encode
+    from rd3fast.engine.soft_labels import _decode, _encode
 
     torch.manual_seed(0)
     for scale in (1e-3, 1.0, 30.0, 1e3):

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from rd3fast import executors
+from rd3fast.bench import executors
+from rd3fast.bench.executors import Outcome, run_groups
 from rd3fast.errors import RD3Error
-from rd3fast.executors import Outcome, run_groups
+
+pytestmark = pytest.mark.serial  # starts a local Ray cluster sized to the machine and kills its workers
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def test_ray_reports_a_function_its_workers_cannot_import(ray_cluster, tmp_path:
                                       "install rd3fast there)")
 
 
-# ---- End to end: a tiny digits sweep (rd3fast.sweep.run_group) locally and on Ray -------------------
+# ---- End to end: a tiny digits sweep (rd3fast.bench.group.run_group) locally and on Ray -------------------
 
 SWEEP = """
 dataset = "digits"
@@ -194,7 +196,9 @@ preset = "rd3-small"
 def digits_sweep(tmp_path_factory):
     """A teacher pre-trained 1 epoch, a random IPC-3 set, and the plan of a 2-seed sweep over them in two
     groups (K = 1: one per seed), so that Ray runs them side by side."""
-    from rd3fast import distill, pretrain, sweep
+    from rd3fast import distill, pretrain
+    from rd3fast.bench import plan as sweep
+    from rd3fast.bench import sweepfile
 
     work = tmp_path_factory.mktemp("sweep")
     assert pretrain.main(["--dataset", "digits", "--arch", "convnet-d2-w8", "--epochs", "1", "--batch-size", "64",
@@ -202,21 +206,21 @@ def digits_sweep(tmp_path_factory):
     assert distill.main(["--method", "random", "--dataset", "digits", "--ipc", "3",
                          "--out", str(work / "random_ipc3"), "--no-progress"]) == 0
     (work / "sweep.toml").write_text(SWEEP)
-    plan = sweep.build_plan(sweep.load_sweep(work / "sweep.toml"), parallel_seeds=1)
+    plan = sweep.build_plan(sweepfile.load_sweep(work / "sweep.toml"), parallel_seeds=1)
     assert len(plan.groups) == 2 and [len(g.runs) for g in plan.groups] == [1, 1]
     return work, plan
 
 
 def sweep_group(root: Path, group, victim: str | None = None):
-    """sweep.run_group, checkpointing every epoch. For the group ``victim``, the first attempt kills its own
+    """run_group, checkpointing every epoch. For the group ``victim``, the first attempt kills its own
     process when its second checkpoint is due (after epoch 2, before writing it): the rerun resumes from
     epoch 1's checkpoint and trains epoch 2 again."""
-    from rd3fast import sweep
-    from rd3fast.checkpoint import Checkpointing
+    from rd3fast.bench.group import run_group
+    from rd3fast.engine.checkpoint import Checkpointing
 
     marker = root / f"killed-{group.key}"
     if group.key != victim or marker.exists():
-        return sweep.run_group(root, group, progress=False, checkpoint_every=1)
+        return run_group(root, group, progress=False, checkpoint_every=1)
     original, calls = Checkpointing.save, []
 
     def save(self, state):
@@ -228,7 +232,7 @@ def sweep_group(root: Path, group, victim: str | None = None):
 
     Checkpointing.save = save
     try:
-        return sweep.run_group(root, group, progress=False, checkpoint_every=1)
+        return run_group(root, group, progress=False, checkpoint_every=1)
     finally:
         Checkpointing.save = original
 

@@ -1,4 +1,10 @@
-"""Layers that point one way: rd3fast's modules import each other without a cycle, and only public names.
+"""Layers that point one way: rd3fast's wings import only wings below them, its modules import each other
+without a cycle, and only public names.
+
+The wings, bottom to top (README "Layout"): the shared modules at the top level of the package (config,
+errors, atomic writes, ...) -> ``data/`` -> ``engine/`` (with ``rd3fast.kernels``) -> ``methods/`` ->
+``bench/`` -> the entry points (``run``, ``demo``, ``evaluate``, ``pretrain``, ``distill``, ``prepare`` and the
+package ``__init__``). A module may import its own wing and any wing below it, never one above.
 
 A cycle means no module of it can be read (or tested, or replaced) on its own, and it only works as long as
 every import in it stays inside a function; importing another module's ``_private`` name couples the two
@@ -9,7 +15,7 @@ counts, including those inside functions and under ``if TYPE_CHECKING``. ``kerne
 Import edges: ``import a.b`` and ``from a.b import name`` import ``a.b`` (a package means its __init__),
 ``from a import b`` where ``a.b`` is a module imports ``a.b``; relative imports are resolved against the
 importing module's package. The parent packages Python initializes on the way (``rd3fast`` for
-``rd3fast.data``) are not edges: every module would otherwise "import" rd3fast/__init__.
+``rd3fast.data.sets``) are not edges: every module would otherwise "import" rd3fast/__init__.
 """
 from __future__ import annotations
 
@@ -34,6 +40,29 @@ def module_files() -> dict[str, Path]:
 
 
 MODULES = module_files()
+
+WINGS = ("shared", "data", "engine", "methods", "bench", "entry")  # bottom to top
+# The top level of the package holds two kinds of module: what every wing shares, and the entry points.
+SHARED = {"atomic", "cachedir", "cliargs", "config", "errors", "host", "lock", "outputs", "progress", "results",
+          "version"}
+ENTRY = {"demo", "distill", "evaluate", "prepare", "pretrain", "run"}
+
+
+def wing(module: str) -> str:
+    """The wing of an rd3fast module (AssertionError for a top-level module that is in neither list: a new
+    one has to be placed consciously)."""
+    parts = module.split(".")
+    if parts == ["rd3fast"]:
+        return "entry"
+    if parts[1] == "kernels":
+        return "engine"  # the Triton kernels of the engine's augmentation, installed as rd3fast.kernels
+    if parts[1] in WINGS[1:-1]:
+        return parts[1]
+    assert len(parts) == 2, module
+    if parts[1] in SHARED:
+        return "shared"
+    assert parts[1] in ENTRY, f"{module}: a top-level module is either shared (SHARED) or an entry point (ENTRY)"
+    return "entry"
 
 
 def _package_of(module: str) -> str:
@@ -138,10 +167,25 @@ def one_cycle(component: list[str], edges: dict[str, dict[str, list[str]]]) -> l
 
 
 def test_modules_are_found() -> None:
-    assert {"rd3fast", "rd3fast.data", "rd3fast.backends", "rd3fast.kernels", "rd3fast.kernels.augment"} <= set(MODULES)
+    assert {"rd3fast", "rd3fast.data.sets", "rd3fast.data.backends", "rd3fast.kernels", "rd3fast.kernels.augment"} <= set(MODULES)
     edges = graph()
-    assert "rd3fast.aug" in edges["rd3fast.kernels.augment"]  # absolute `from rd3fast import aug`
-    assert "rd3fast.kernels" in edges["rd3fast.loader"]  # an import inside a function
+    assert "rd3fast.engine.aug" in edges["rd3fast.kernels.augment"]  # absolute `from rd3fast import aug`
+    assert "rd3fast.kernels" in edges["rd3fast.engine.loader"]  # an import inside a function
+
+
+def test_every_module_has_a_wing() -> None:
+    assert {wing(m) for m in MODULES} == set(WINGS)
+    assert wing("rd3fast.data.backends.dali") == "data" and wing("rd3fast.kernels.augment") == "engine"
+    assert wing("rd3fast.run") == "entry" and wing("rd3fast.config") == "shared"
+
+
+def test_wings_point_one_way() -> None:
+    """No import from a wing into one above it (``data`` -> ``engine``, ``engine`` -> ``bench``, a wing -> an entry
+    point), inside functions included."""
+    rank = {w: i for i, w in enumerate(WINGS)}
+    bad = [f"  {a} ({wing(a)}) -> {b} ({wing(b)})  ({', '.join(where)})"
+           for a, targets in graph().items() for b, where in targets.items() if rank[wing(b)] > rank[wing(a)]]
+    assert not bad, "imports that point up the wings (" + " -> ".join(WINGS) + "):\n" + "\n".join(sorted(bad))
 
 
 def test_cycle_finder() -> None:

@@ -1,4 +1,4 @@
-"""rd3fast.kernels (Triton) against the torch specification rd3fast.aug.
+"""rd3fast.kernels (Triton) against the torch specification rd3fast.engine.aug.
 
 Tolerances (the contract stated in kernels/augment.py):
 - exact (torch.equal) for everything that only moves or picks pixels: the gather by idx, PatchShuffle,
@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rd3fast import aug
-from rd3fast.aug import AugParams, AugSpec
+from rd3fast.data import pixels
+from rd3fast.engine import aug
+from rd3fast.engine.aug import AugParams, AugSpec
 from rd3fast.kernels import (crop_resize_flip_normalize, fused_augment, interpreted, max_taps, normalize_u8,
                              patch_shuffle_u8)
 
@@ -123,7 +124,7 @@ def test_normalize_u8_exact(c, dtype):
     mean, std = (MEAN3, STD3) if c == 3 else (MEAN1, STD1)
     images = u8(7, c, 33, 31, seed=8)
     images[0, 0, 0, :4] = torch.tensor([0, 1, 254, 255], dtype=torch.uint8)
-    ref = aug.eval_transform(images, mean, std, dtype)
+    ref = pixels.eval_transform(images, mean, std, dtype)
     assert torch.equal(normalize_u8(images, mean, std, dtype), ref)
     idx = torch.tensor([6, 0, 6])
     assert torch.equal(normalize_u8(images, mean, std, dtype, idx=idx), ref[idx])
@@ -236,7 +237,7 @@ def test_bf16_rounding_ties_and_nan():
     zero = torch.zeros(1, 1, 1, 1, dtype=torch.uint8)
     for v in vals:
         out = normalize_u8(zero, (-v,), (1.0,), torch.bfloat16)
-        ref = aug.eval_transform(zero, (-v,), (1.0,), torch.bfloat16)
+        ref = pixels.eval_transform(zero, (-v,), (1.0,), torch.bfloat16)
         assert torch.equal(out, ref), (v, out, ref)
     spec = spec_(8, crop="none")
     p = identity_params(spec, 2, 8, 8, seed=0)
@@ -308,7 +309,7 @@ def test_input_read_only_inside_the_set():
     ref_u8 = aug.patch_shuffle(clean[idx], p.row_perm, p.col_perm)
     for images in (strided, offset):
         assert torch.equal(patch_shuffle_u8(images, p.row_perm, p.col_perm, idx), ref_u8)
-        assert torch.equal(normalize_u8(images, MEAN3, STD3, idx=idx), aug.eval_transform(clean[idx], MEAN3, STD3))
+        assert torch.equal(normalize_u8(images, MEAN3, STD3, idx=idx), pixels.eval_transform(clean[idx], MEAN3, STD3))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def test_cpu_tensors_run_under_the_interpreter():
 
 
 def test_loader_triton_backend_matches_torch_backend():
-    from rd3fast.loader import ResidentLoader
+    from rd3fast.engine.loader import ResidentLoader
     images = u8(11, 3, 12, 12, seed=30)
     spec = spec_(10, patch_shuffle=2, mix="cutmix", mix_prob=0.7, rrc_scale=(0.3, 1.0))
     mk = lambda backend: ResidentLoader(images, torch.arange(11), spec, 4, seed=3, backend=backend)  # noqa: E731
@@ -491,7 +492,7 @@ def test_gpu_guards(gpu_set):
     assert torch.equal(patch_shuffle_u8(images, p.row_perm, p.col_perm, idx),
                        aug.patch_shuffle(clean[idx], p.row_perm, p.col_perm))
     assert torch.equal(normalize_u8(images, MEAN3, STD3, torch.bfloat16, idx=idx),
-                       aug.eval_transform(clean[idx], MEAN3, STD3, torch.bfloat16))
+                       pixels.eval_transform(clean[idx], MEAN3, STD3, torch.bfloat16))
 
 
 @pytest.mark.gpu
@@ -519,7 +520,7 @@ def test_gpu_cuda_graph_replay(gpu_set):
 
 @pytest.mark.gpu
 def test_gpu_loader_uses_the_kernels(gpu_set):
-    from rd3fast.loader import ResidentLoader
+    from rd3fast.engine.loader import ResidentLoader
     n = min(512, len(gpu_set))
     spec = spec_(GPU_SIZE, patch_shuffle=2, mix="cutmix", mix_prob=1.0)
     mk = lambda backend: ResidentLoader(gpu_set[:n], torch.arange(n), spec, GPU_BATCH, seed=1,  # noqa: E731

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from rd3fast import leaderboard as lb
+from rd3fast.bench import board as lb
+from rd3fast.bench import render
+from rd3fast.bench import stats as board_stats
 from rd3fast.errors import RD3Error
 
 _ids = count()
@@ -88,7 +90,7 @@ def test_mean_std_n_and_cell_text(tmp_path: Path) -> None:
     root = make_root(tmp_path, finished("rded-ipc10", "rded", 10, "rd3-small", [40.0, 42.0, 44.0]))
     c = cell(lb.load(root), "rded-ipc10", "rd3-small")
     assert (c.mean, c.std, c.n, c.best) == (42.0, 2.0, 3, 43.0)  # stdev of 40, 42, 44 (n - 1) is 2
-    assert lb.cell_text(c) == "42.0 ± 2.0 (n=3) / best 43.0"
+    assert render.cell_text(c) == "42.0 ± 2.0 (n=3) / best 43.0"
 
 
 def test_ior_against_the_random_real_set_of_the_same_ipc(tmp_path: Path) -> None:
@@ -99,11 +101,11 @@ def test_ior_against_the_random_real_set_of_the_same_ipc(tmp_path: Path) -> None
             + finished("rded-ipc10", "rded", 10, "other", [45.0]))  # no baseline under "other"
     board = lb.load(make_root(tmp_path, runs))
     row = lambda s: ("convnet-d3-w32", s, ())  # noqa: E731
-    assert lb.ior(board, row("rded-ipc10"), "rd3-small") == pytest.approx(10.0)
-    assert lb.ior(board, row("rded-ipc50"), "rd3-small") == pytest.approx(5.0)
-    assert lb.ior(board, row("rded-ipc10"), "other") is None
-    assert lb.ior(board, row("random-ipc10"), "rd3-small") is None  # the baseline itself
-    md = lb.render_markdown(board)
+    assert board_stats.ior(board, row("rded-ipc10"), "rd3-small") == pytest.approx(10.0)
+    assert board_stats.ior(board, row("rded-ipc50"), "rd3-small") == pytest.approx(5.0)
+    assert board_stats.ior(board, row("rded-ipc10"), "other") is None
+    assert board_stats.ior(board, row("random-ipc10"), "rd3-small") is None  # the baseline itself
+    md = render.render_markdown(board)
     assert "| rded-ipc10 | rded | 10 | +10.0 |  |" in md
     assert "| random-ipc10 (baseline) | random-real | 10 | baseline | baseline |" in md
 
@@ -116,14 +118,14 @@ def test_ior_against_the_random_real_set_of_the_same_ipc(tmp_path: Path) -> None
     ([1], [1], None),
 ])
 def test_kendall_tau_hand_worked(x: list[float], y: list[float], tau: float | None) -> None:
-    got = lb.kendall_tau(x, y)
+    got = board_stats.kendall_tau(x, y)
     assert got == (None if tau is None else pytest.approx(tau))
 
 
 def test_kendall_tau_b_with_ties_matches_scipy() -> None:
     stats = pytest.importorskip("scipy.stats")
     x, y = [1, 2, 2, 3, 4, 4, 5], [2, 1, 3, 3, 5, 4, 4]
-    assert lb.kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)  # tau-b, scipy's default
+    assert board_stats.kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)  # tau-b, scipy's default
 
 
 def three_methods_two_protocols() -> list:
@@ -136,14 +138,14 @@ def three_methods_two_protocols() -> list:
 
 def test_spread_excludes_the_baseline_and_tau_over_common_sets(tmp_path: Path) -> None:
     board = lb.load(make_root(tmp_path, three_methods_two_protocols()))
-    (view,) = lb.views(board)
-    a, b = lb.spread(board, view, "A"), lb.spread(board, view, "B")
+    (view,) = board_stats.views(board)
+    a, b = board_stats.spread(board, view, "A"), board_stats.spread(board, view, "B")
     assert (a.value, a.best, a.worst, a.sets) == (20.0, "rded", "cda", 3)  # 50 - 30, random-real not in it
     assert (b.value, b.best, b.worst) == (4.0, "rded", "sre2l")
-    g = lb.agreement(board, view, "A", "B")
+    g = board_stats.agreement(board, view, "A", "B")
     # 4 sets (baseline included), 6 pairs, one swapped (sre2l/cda): (5 - 1) / 6
     assert (g.sets, g.tau) == (4, pytest.approx(4 / 6))
-    md = lb.render_markdown(board)
+    md = render.render_markdown(board)
     assert "| IPC 10 | A | 20.0 | rded | cda | 3 |" in md and "| IPC 10 | A | B | +0.67 | 4 |" in md
     assert "non-baseline sets only" in md
 
@@ -156,10 +158,10 @@ def test_own_vs_rectified(tmp_path: Path) -> None:
             + finished("rded", "rded", 10, "rd3-small", [45.0])
             + finished("sre2l", "sre2l", 10, "rd3-small", [41.0]))
     board = lb.load(make_root(tmp_path, runs))
-    (view,) = lb.views(board)
-    rows = {name: (own.mean, cells["rd3-small"].mean) for name, own, cells in lb.own_rows(board, view)}
+    (view,) = board_stats.views(board)
+    rows = {name: (own.mean, cells["rd3-small"].mean) for name, own, cells in board_stats.own_rows(board, view)}
     assert rows == {"random": (20.0, 24.0), "rded": (50.0, 45.0), "sre2l": (30.0, 41.0)}
-    md = lb.render_markdown(board)
+    md = render.render_markdown(board)
     assert "| rded | rded-small | 50.0 | 45.0 | +5.0 |" in md
     assert "| sre2l | sre2l | 30.0 | 41.0 | -11.0 |" in md
     assert "own recipes 20.0 → rd3-small 4.0 points" in md  # 50 - 30 under own, 45 - 41 rectified
@@ -178,8 +180,8 @@ def test_heldout_selection_reports_test_top1_at_the_chosen_value(tmp_path: Path)
     c = cell(board, "rded", "rd3-small")
     assert c.choice == {"lr": 2e-3} and c.heldout == pytest.approx(54.0)
     assert (c.mean, c.n) == (pytest.approx(38.5), 2)  # the test top-1 at the chosen value only
-    assert "38.5 ± 0.7 (n=2) / best 38.5 · lr=0.002 (held-out 54.0)" in lb.render_markdown(board)
-    lb.write_report(root)
+    assert "38.5 ± 0.7 (n=2) / best 38.5 · lr=0.002 (held-out 54.0)" in render.render_markdown(board)
+    render.write_report(root)
     selected = {r["grid.lr"]: r["selected"] for r in csv.DictReader((root / "leaderboard.csv").open())}
     assert selected == {"0.001": "no", "0.002": "yes"}
 
@@ -189,7 +191,7 @@ def test_grid_without_selection_is_one_row_per_grid_point(tmp_path: Path) -> Non
             + finished("rded", "rded", 10, "rd3-small", [44.0], grid={"lr": 2e-3}))
     board = lb.load(make_root(tmp_path, runs))
     assert len(board.rows) == 2
-    md = lb.render_markdown(board)
+    md = render.render_markdown(board)
     assert "| rded | rded | 10 | 0.001 | 40.0 (n=1)" in md and "| rded | rded | 10 | 0.002 | 44.0" in md
 
 
@@ -201,10 +203,10 @@ def test_unfinished_and_failed_cells_are_marked(tmp_path: Path) -> None:
             (i[9], result(i[9], 40.0)), (i[10], result(i[10], None, error="out of memory")),
             (i[11], result(i[11], 41.0))]
     board = lb.load(make_root(tmp_path, runs))
-    text = {p: lb.cell_text(cell(board, "s", p)) for p in ("partial", "pending", "failed", "mixed")}
+    text = {p: render.cell_text(cell(board, "s", p)) for p in ("partial", "pending", "failed", "mixed")}
     assert text == {"partial": "41.0 ± 1.4 (n=2) / best 41.0 · 2/3 done", "pending": "pending", "failed": "failed",
                     "mixed": "40.5 ± 0.7 (n=2) / best 40.5 · 1 failed"}
-    md = lb.render_markdown(board)
+    md = render.render_markdown(board)
     assert "12 runs: 4 ok, 4 failed, 4 pending or running" in md
     assert "## Failed runs" in md and "non-finite loss at epoch 3" in md and "out of memory" in md
 
@@ -213,7 +215,7 @@ def test_csv_header_rows_and_atomic_files(tmp_path: Path) -> None:
     pending = info("rded", "rded", 10, "rd3-small", 0, grid={"lr": 1e-3})
     runs = finished("random", "random-real", 10, "rd3-small", [30.0, 31.0], grid={"lr": 1e-3}) + [(pending, None)]
     root = make_root(tmp_path / "root", runs)
-    paths = lb.write_report(root)
+    paths = render.write_report(root)
     assert paths == {k: root / f"leaderboard.{k}" for k in ("md", "csv", "png")}
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -225,7 +227,7 @@ def test_csv_header_rows_and_atomic_files(tmp_path: Path) -> None:
     assert len(rows) == 1 + 3
     by_id = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
     assert by_id[pending["id"]]["status"] == "pending" and by_id[pending["id"]]["last_top1"] == ""
-    assert paths["md"].read_text() == lb.format_leaderboard(root)
+    assert paths["md"].read_text() == render.format_leaderboard(root)
 
 
 def test_device_hours_count_each_group_once(tmp_path: Path) -> None:
@@ -234,18 +236,18 @@ def test_device_hours_count_each_group_once(tmp_path: Path) -> None:
     runs = (finished("s", "rded", 10, "P", [40.0, 41.0, 42.0], group="a", k=3, wall=3600.0, ips=900.0)
             + finished("t", "rded", 10, "P", [40.0], group="b", k=1, wall=1800.0, ips=100.0))
     board = lb.load(make_root(tmp_path, runs))
-    t = lb.throughput(board)
+    t = board_stats.throughput(board)
     assert t.device_hours == pytest.approx(1.5)
     assert (t.groups, t.planned_groups, t.k_counts) == (2, 2, {1: 1, 3: 1})
     assert t.img_per_s == {"P": 900.0}  # median of 900, 900, 900, 100
-    assert "1.500 device-hours" in lb.render_markdown(board)
+    assert "1.500 device-hours" in render.render_markdown(board)
 
 
 def test_not_a_sweep_root(tmp_path: Path) -> None:
     with pytest.raises(RD3Error, match="not a sweep root: no plan.json"):
-        lb.format_leaderboard(tmp_path)
+        render.format_leaderboard(tmp_path)
     with pytest.raises(RD3Error, match="not a sweep root"):
-        lb.write_report(tmp_path / "missing")
+        render.write_report(tmp_path / "missing")
 
 
 def test_running_root_reports_what_is_there(tmp_path: Path) -> None:
@@ -258,26 +260,26 @@ def test_running_root_reports_what_is_there(tmp_path: Path) -> None:
     (root / "plan.json").write_text(json.dumps(plan))
     board = lb.load(root)
     assert board.skipped == 1 and [r.status for r in board.runs] == ["ok", "pending"]
-    assert lb.cell_text(cell(board, "rded", "P")) == "40.0 (n=1) / best 41.0 · 1/2 done"
-    (view,) = lb.views(board)
-    assert lb.spread(board, view, "P").final is False  # a pending run may still change it
-    lb.write_report(root)
+    assert render.cell_text(cell(board, "rded", "P")) == "40.0 (n=1) / best 41.0 · 1/2 done"
+    (view,) = board_stats.views(board)
+    assert board_stats.spread(board, view, "P").final is False  # a pending run may still change it
+    render.write_report(root)
     damaged = info("cda", "cda", 10, "P", 0)  # results.json is written atomically: this is damage, shown
     plan["runs"].append(damaged)
     (root / "plan.json").write_text(json.dumps(plan))
     (root / "runs" / damaged["id"]).mkdir()
     (root / "runs" / damaged["id"] / "results.json").write_text("{")
-    assert lb.cell_text(cell(lb.load(root), "cda", "P")) == "failed"
-    assert "unreadable JSON" in lb.format_leaderboard(root)
+    assert render.cell_text(cell(lb.load(root), "cda", "P")) == "failed"
+    assert "unreadable JSON" in render.format_leaderboard(root)
     # nothing finished anywhere is fine too
     empty = make_root(tmp_path / "empty", [(info("x", "rded", 10, "P", 0), None)])
-    assert "pending" in lb.format_leaderboard(empty) and lb.write_report(empty)["png"].exists()
+    assert "pending" in render.format_leaderboard(empty) and render.write_report(empty)["png"].exists()
 
 
 def test_one_table_per_student(tmp_path: Path) -> None:
     runs = (finished("rded", "rded", 10, "P", [40.0], student="convnet")
             + finished("rded", "rded", 10, "P", [60.0], student="resnet18"))
-    md = lb.format_leaderboard(make_root(tmp_path, runs))
+    md = render.format_leaderboard(make_root(tmp_path, runs))
     assert "## Student convnet" in md and "## Student resnet18" in md
     assert md.index("40.0 (n=1)") < md.index("## Student resnet18") < md.index("60.0 (n=1)")
     assert "| convnet, IPC 10 | P |" in md  # spreads are per student too

@@ -1,12 +1,12 @@
-"""rd3fast.loader.ResidentLoader: epoch contract, reproducibility, batch fields. CPU only, tiny shapes."""
+"""rd3fast.engine.loader.ResidentLoader: epoch contract, reproducibility, batch fields. CPU only, tiny shapes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rd3fast import aug
-from rd3fast.aug import AugSpec
-from rd3fast.loader import Batch, ResidentLoader
+from rd3fast.engine import aug
+from rd3fast.engine.aug import AugSpec
+from rd3fast.engine.loader import Batch, ResidentLoader
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.3)

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rd3fast.losses import mixed_ce, soft_label_loss, total_loss
+from rd3fast.engine.losses import mixed_ce, soft_label_loss, total_loss
 
 
 def test_kl_closed_form_and_t2():

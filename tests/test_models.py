@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rd3fast.engine.models import ConvNet, build_model, load_weights, read_state_dict, save_weights
+from rd3fast.engine.teacher import Relabeler, load_teachers
 from rd3fast.errors import RD3Error
-from rd3fast.models import ConvNet, build_model, load_weights, read_state_dict, save_weights
-from rd3fast.teacher import Relabeler, load_teachers
 
 
 def test_convnet_depth_width_and_output():

@@ -1,4 +1,4 @@
-"""SRe2L recover and CDA (rd3fast.recover) and their distill CLI, on digits with a small BatchNorm teacher."""
+"""SRe2L recover and CDA (rd3fast.methods.recover) and their distill CLI, on digits with a small BatchNorm teacher."""
 import math
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from rd3fast import distill
-from rd3fast.data import BUILTIN, ImageSet, load_distilled, load_real
+from rd3fast.data.sets import BUILTIN, ImageSet, load_distilled, load_real
+from rd3fast.engine.models import build_model, save_weights
 from rd3fast.errors import RD3Error
-from rd3fast.models import build_model, save_weights
-from rd3fast.recover import Recipe, batch_slices, bn_loss, cosine_lr, crop_min_scale, recover
+from rd3fast.methods.recover import Recipe, batch_slices, bn_loss, cosine_lr, crop_min_scale, recover
 
 ARCH = "convnet-d2-w16-bn"
 MEAN, STD = BUILTIN["digits"].mean, BUILTIN["digits"].std
@@ -157,7 +157,7 @@ def test_crop_path_on_colour_images_with_class_chunks(capsys):
 
 
 def test_herding_and_kcenter_are_wired(weights, tmp_path):
-    pytest.importorskip("rd3fast.coreset")
+    pytest.importorskip("rd3fast.methods.coreset")
     for method in ("herding", "kcenter"):
         out = tmp_path / method
         assert distill.main(["--method", method, "--dataset", "digits", "--ipc", "2", "--teacher", ARCH,

@@ -7,10 +7,10 @@ import signal
 import pytest
 import torch
 
-from rd3fast.checkpoint import Checkpointing, Interrupted, StopRequest
+from rd3fast.engine.checkpoint import Checkpointing, Interrupted, StopRequest
+from rd3fast.engine.train import train_seeds
 from rd3fast.errors import RD3Error
 from rd3fast.lock import OutputLock
-from rd3fast.train import train_seeds
 from tests.test_engine import params_of, toy_experiment
 
 
@@ -121,7 +121,8 @@ def run_args(work, out, *extra):
 def test_rerun_keeps_finished_seeds_and_refuses_another_config(digits_work, tmp_path, capsys, monkeypatch):
     import json
 
-    from rd3fast import run, train
+    from rd3fast import run
+    from rd3fast.engine import train
 
     out = tmp_path / "out"
     assert run.main(run_args(digits_work, out, "--seeds", "0")) == 0
@@ -143,7 +144,8 @@ def test_rerun_keeps_finished_seeds_and_refuses_another_config(digits_work, tmp_
 
 
 def test_pretrain_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from rd3fast import pretrain, train
+    from rd3fast import pretrain
+    from rd3fast.engine import train
 
     args = ["--dataset", "digits", "--arch", "convnet-d2-w8", "--epochs", "3", "--batch-size", "256", "--out",
             str(tmp_path / "t.pt"), "--no-progress", "--checkpoint-every", "1"]
@@ -186,7 +188,7 @@ def test_recording_a_cache_resumes_at_an_epoch_boundary(tmp_path):
 def test_heldout_split_is_evaluated_beside_the_test_set():
     import dataclasses
 
-    from rd3fast.data import heldout_split
+    from rd3fast.data.sets import heldout_split
 
     held = heldout_split("digits", 50, seed=3)
     assert len(held.labels) == 50 and torch.bincount(held.labels).tolist() == [5] * 10

@@ -9,9 +9,9 @@ import torch
 
 from rd3fast import distill, pretrain, run
 from rd3fast.config import resolve
-from rd3fast.experiment import prepare
-from rd3fast.models import build_model, save_weights
-from rd3fast.train import train
+from rd3fast.engine.experiment import prepare
+from rd3fast.engine.models import build_model, save_weights
+from rd3fast.engine.train import train
 
 ARCH = "convnet-d2-w16"
 

@@ -1,4 +1,4 @@
-"""Benchmark sweeps (rd3fast.sweep, python -m rd3fast.bench): the TOML schema and its errors, run identity,
+"""Benchmark sweeps (rd3fast.bench.plan, python -m rd3fast.bench): the TOML schema and its errors, run identity,
 grouping, and tiny sweeps end to end on digits through the local executor: files written, nothing
 recomputed on a rerun, failed runs recorded and retried on request, held-out selection, interruption."""
 from __future__ import annotations
@@ -11,13 +11,16 @@ import signal
 import pytest
 import torch
 
-from rd3fast import bench, sweep
-from rd3fast import train as training
-from rd3fast.checkpoint import Interrupted
-from rd3fast.data import load_real
-from rd3fast.distill import random_real, write_image_folder
+from rd3fast.bench import __main__ as bench
+from rd3fast.bench import default_sweep, estimate, store, sweepfile
+from rd3fast.bench import plan as sweep
+from rd3fast.bench.group import run_group
+from rd3fast.data.sets import load_real, write_image_folder
+from rd3fast.engine import train as training
+from rd3fast.engine.checkpoint import Interrupted
+from rd3fast.engine.models import build_model, save_weights
 from rd3fast.errors import RD3Error
-from rd3fast.models import build_model, save_weights
+from rd3fast.methods.coreset import random_real
 from tests.test_resume import StopAfter
 
 ARCH = "convnet-d2-w8"
@@ -74,6 +77,29 @@ def counted(monkeypatch):
     return calls
 
 
+def test_estimate_times_the_engines_own_step_per_group(work, monkeypatch):
+    """The cost estimate times ``engine.train.time_step`` (the step the group trains with: augmentation,
+    teacher, K students at once) once per group setup, with the group's K, on the run's config; the
+    estimate sums steps x that time over the groups (K runs share a step), not over the runs."""
+    calls = []
+    real = training.time_step
+
+    def time_step(exp, k, **kw):
+        calls.append((exp.cfg.student, exp.cfg.batch_size, k, exp.relabeler is not None))
+        return real(exp, k, warmup=1, repeats=1) * 0 + 1.0  # the real step ran; one second per step counted
+
+    monkeypatch.setattr(training, "time_step", time_step)
+    plan = sweep.build_plan(sweepfile.load_sweep(write_sweep(work, toml_text())), 3)
+    pending = sweep.distinct(plan.runs)
+    text = estimate.estimate_cost(plan, pending)
+    group_steps = sum(estimate.run_steps(g.runs[0].config, g.runs[0].images) for g in plan.groups)
+    assert group_steps < sum(estimate.run_steps(r.config, r.images) for r in pending)  # K share a step
+    assert {k for _, _, k, _ in calls} <= {len(g.runs) for g in plan.groups} and len(calls) >= 1
+    assert all(student == ARCH and teacher for student, _, _, teacher in calls)
+    seconds = float(text.split("about ")[1].split(" s ")[0])
+    assert group_steps <= seconds < group_steps + 60 and f"{ARCH} x 3" in text, text
+
+
 # ---------------------------------------------------------------------------------------------------
 # The schema
 # ---------------------------------------------------------------------------------------------------
@@ -96,7 +122,7 @@ def counted(monkeypatch):
 def test_sweep_errors_are_one_line_naming_the_key(work, edit, message):
     path = write_sweep(work, edit(toml_text()))
     with pytest.raises(RD3Error) as e:
-        sweep.build_plan(sweep.load_sweep(path))
+        sweep.build_plan(sweepfile.load_sweep(path))
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -109,13 +135,13 @@ def test_cli_bad_sweep_is_one_line_and_status_2(work, capsys):
 
 
 def test_protocols_resolve_and_paths_are_relative_to_the_toml(work):
-    s = sweep.load_sweep(write_sweep(work, toml_text()))
+    s = sweepfile.load_sweep(write_sweep(work, toml_text()))
     assert s.root == str(work / "out") and s.sets[0].path == str(work / "syn" / "random")
     assert s.sets[0].baseline and not s.sets[1].baseline  # random-real is the IOR baseline
     own = s.protocols[1]
     assert own.preset_for("random-real") == "rd3-small" and own.preset_for("rded") == "rded-small"
-    assert sweep.Protocol("own", "own").preset_for("sre2l") == "sre2l"
-    assert sweep.Protocol("own", "own", small=True).preset_for("sre2l") == "sre2l-cifar"
+    assert sweepfile.Protocol("own", "own").preset_for("sre2l") == "sre2l"
+    assert sweepfile.Protocol("own", "own", small=True).preset_for("sre2l") == "sre2l-cifar"
     plan = sweep.build_plan(s)
     # random-real under `own` is rd3-small: the same runs as under rd3-small, trained once
     assert len(plan.runs) == 8 and len(sweep.distinct(plan.runs)) == 6
@@ -127,7 +153,7 @@ def test_protocols_resolve_and_paths_are_relative_to_the_toml(work):
 # Identity and grouping
 # ---------------------------------------------------------------------------------------------------
 def ids(work, text=None, k=None):
-    return [r.id for r in sweep.build_plan(sweep.load_sweep(write_sweep(work, text or toml_text())), k).runs]
+    return [r.id for r in sweep.build_plan(sweepfile.load_sweep(write_sweep(work, text or toml_text())), k).runs]
 
 
 def test_run_ids_are_stable_and_follow_what_the_numbers_depend_on(work):
@@ -148,7 +174,7 @@ def test_run_ids_are_stable_and_follow_what_the_numbers_depend_on(work):
 
 def test_runs_are_grouped_k_at_once_by_config_and_set_size(work):
     text = toml_text(sets=("random", "other", "big"), seeds="[0, 1, 2]")
-    plan = sweep.build_plan(sweep.load_sweep(write_sweep(work, text)), 3)
+    plan = sweep.build_plan(sweepfile.load_sweep(write_sweep(work, text)), 3)
     for g in plan.groups:
         assert 1 <= len(g.runs) <= 3
         assert len({r.images for r in g.runs}) == 1
@@ -156,7 +182,7 @@ def test_runs_are_grouped_k_at_once_by_config_and_set_size(work):
                                sort_keys=True) for r in g.runs}) == 1
     assert sorted(len(g.runs) for g in plan.groups) == [3, 3, 3, 3, 3]  # rd3-small: 2x IPC 2 + big; own: 2 rded
     assert {r.id for g in plan.groups for r in g.runs} == {r.id for r in plan.runs}
-    six = sweep.build_plan(sweep.load_sweep(write_sweep(work, text)), 6)
+    six = sweep.build_plan(sweepfile.load_sweep(write_sweep(work, text)), 6)
     assert sorted(len(g.runs) for g in six.groups) == [3, 3, 3, 6]  # both IPC-2 sets' seeds together
 
 
@@ -218,11 +244,11 @@ def test_sweep_end_to_end_rerun_failures_and_retry(work, counted, capsys):
     capsys.readouterr()
     assert bench.main(["report", str(root)]) == 0
     assert "Leaderboard" in capsys.readouterr().out and (root / "leaderboard.png").is_file()
-    assert sweep.status(root, ok) == "pending"
+    assert store.status(root, ok) == "pending"
 
 
 def test_heldout_selection_records_both_accuracies(work):
-    from rd3fast import leaderboard
+    from rd3fast.bench import board as leaderboard
 
     select = "[grid]\nlr = [1e-4, 3e-3]\n[select]\nkeys = [\"lr\"]\nmode = \"heldout\"\nsize = 50\nseed = 0\n"
     path, root = write_sweep(work, toml_text(sets=("other",), protocols="[protocols.rd3-small]\n", grid=select,
@@ -246,14 +272,14 @@ def test_heldout_selection_records_both_accuracies(work):
 
 
 def test_interrupted_group_resumes_from_its_checkpoint(work, counted):
-    plan = sweep.build_plan(sweep.load_sweep(write_sweep(work, toml_text(sets=("random",),
+    plan = sweep.build_plan(sweepfile.load_sweep(write_sweep(work, toml_text(sets=("random",),
                                                                          protocols="[protocols.rd3-small]\n"))), 2)
     root, [group] = work / "out", plan.groups
     with pytest.raises(Interrupted) as e:
-        sweep.run_group(root, group, progress=False, stop=StopAfter(1))
+        run_group(root, group, progress=False, stop=StopAfter(1))
     assert e.value.exit_code == 143 and e.value.resumable
     assert (root / "groups" / group.key / "checkpoint.pt").is_file() and results(root) == {}
-    recs = sweep.run_group(root, group, progress=False)
+    recs = run_group(root, group, progress=False)
     assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
     assert all(any("resumed from a checkpoint" in n for n in r["run"]["notes"]) for r in recs)
     assert not (root / "groups" / group.key / "checkpoint.pt").exists()
@@ -278,27 +304,27 @@ def test_default_sweep_inputs_and_plan(work, monkeypatch):
     root = work / "default"
     (root / "syn").mkdir(parents=True)
     shutil.copy2(work / "teacher.pt", root / "teacher.pt")
-    for name, src in zip(bench.DEFAULT_SETS, ("random", "other")):
+    for name, src in zip(default_sweep.DEFAULT_SETS, ("random", "other")):
         shutil.copytree(work / "syn" / src, root / "syn" / name)
-    monkeypatch.setattr(bench, "_pretrain_teacher", lambda *a: pytest.fail("the teacher exists"))
-    monkeypatch.setattr(bench, "_distill", lambda *a: pytest.fail("the sets exist"))
-    toml = bench.default_inputs(root, progress=False)
+    monkeypatch.setattr(default_sweep, "_pretrain_teacher", lambda *a: pytest.fail("the teacher exists"))
+    monkeypatch.setattr(default_sweep, "_distill", lambda *a: pytest.fail("the sets exist"))
+    toml = default_sweep.default_inputs(root, progress=False)
     mtime = toml.stat().st_mtime_ns
-    assert bench.default_inputs(root, progress=False) == toml and toml.stat().st_mtime_ns == mtime
-    s = sweep.load_sweep(toml)
-    assert s.root == str(root) and s.dataset == "fashion-mnist" and s.parallel_seeds == bench.DEFAULT_K
+    assert default_sweep.default_inputs(root, progress=False) == toml and toml.stat().st_mtime_ns == mtime
+    s = sweepfile.load_sweep(toml)
+    assert s.root == str(root) and s.dataset == "fashion-mnist" and s.parallel_seeds == default_sweep.DEFAULT_K
     assert [p.name for p in s.protocols] == ["rd3-small", "own"] and s.seeds == (0, 1, 2)
     plan = sweep.build_plan(s)
     assert len(plan.runs) == 12 and len(sweep.distinct(plan.runs)) == 9  # random-real's own = rd3-small
-    assert {r.config.epochs for r in plan.runs} == {bench.DEFAULT_EPOCHS}
+    assert {r.config.epochs for r in plan.runs} == {default_sweep.DEFAULT_EPOCHS}
 
 
 def test_a_checkpoint_of_other_runs_is_discarded_not_an_error(work):
-    from rd3fast.checkpoint import Checkpointing
+    from rd3fast.engine.checkpoint import Checkpointing
 
-    plan = sweep.build_plan(sweep.load_sweep(write_sweep(work, toml_text(sets=("random",), seeds="[0]",
+    plan = sweep.build_plan(sweepfile.load_sweep(write_sweep(work, toml_text(sets=("random",), seeds="[0]",
                                                                          protocols="[protocols.rd3-small]\n"))))
     root, [group] = work / "out", plan.groups
     Checkpointing(root / "groups" / group.key / "checkpoint.pt", identity={"runs": ["another"]}).save({"epoch": 1})
-    [rec] = sweep.run_group(root, group, progress=False)
+    [rec] = run_group(root, group, progress=False)
     assert rec["status"] == "ok" and not any("resumed" in n for n in rec["run"]["notes"])

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from rd3fast.aug import normalize
+from rd3fast.data.pixels import normalize
+from rd3fast.engine.models import build_model, save_weights
+from rd3fast.engine.teacher import load_teachers
 from rd3fast.errors import RD3Error
-from rd3fast.models import build_model, save_weights
-from rd3fast.teacher import load_teachers
 
 FM = ((0.286,) * 3, (0.353,) * 3)  # what the teacher was trained with
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # what the run normalizes with (rded-small)

@@ -1,9 +1,9 @@
-"""rd3fast.transfer: many small tensors packed into one buffer and unpacked as views, bit for bit."""
+"""rd3fast.engine.transfer: many small tensors packed into one buffer and unpacked as views, bit for bit."""
 import pytest
 import torch
 
-from rd3fast import aug
-from rd3fast.transfer import pack, to_device, unpack
+from rd3fast.engine import aug
+from rd3fast.engine.transfer import pack, to_device, unpack
 
 
 def _mixed() -> list:

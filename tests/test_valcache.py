@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rd3fast import backends, valcache
 from rd3fast.config import resolve
-from rd3fast.data import BUILTIN, load_real
+from rd3fast.data import backends, valcache
+from rd3fast.data.sets import BUILTIN, load_real
+from rd3fast.engine.models import build_model
 from rd3fast.errors import RD3Error
-from rd3fast.models import build_model
 from rd3fast.prepare import export_folder
 
 FM = BUILTIN["fashion-mnist"]
@@ -106,7 +106,7 @@ def test_prepare_cli_and_explicit_cache_dir(fm_jpg: Path, tmp_path: Path, capsys
 
 def test_experiment_prepare_reads_val_folders_through_the_cache(fm_jpg: Path, tmp_path: Path,
                                                                 cache_env: Path) -> None:
-    from rd3fast.experiment import prepare
+    from rd3fast.engine.experiment import prepare
 
     cfg = resolve("pretrain", overrides=dict(val=str(fm_jpg), image_size=28, device="cpu", teacher=(),
                                              student="convnet-d2-w8"))
@@ -128,7 +128,7 @@ def test_dali_decoded_cache_is_close_to_pil(fm_jpg: Path) -> None:
 def test_evaluate_from_cache_matches_redecoding(fm_jpg: Path) -> None:
     """Evaluating from the cache gives the numbers of a fresh decode (its speed is a benchmark's job:
     benchmarks/bench_readers.py, not a timed test that a busy CI machine would fail)."""
-    from rd3fast.train import evaluate
+    from rd3fast.engine.train import evaluate
 
     torch.manual_seed(0)
     model = build_model("convnet-d2-w8", 10, 28).eval()

@@ -1,4 +1,4 @@
-"""rd3fast.zca against a numpy reference of kornia's ZCAWhitening (mean, unbiased covariance, eigh,
+"""rd3fast.data.zca against a numpy reference of kornia's ZCAWhitening (mean, unbiased covariance, eigh,
 U diag((S + eps)^-1/2) U^T). CPU only, small shapes."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from rd3fast.data.zca import MAX_FEATURES, ZCA
 from rd3fast.errors import RD3Error
-from rd3fast.zca import MAX_FEATURES, ZCA
 
 
 def images(n: int = 300, shape=(3, 4, 5), seed: int = 0) -> torch.Tensor:
@@ -141,7 +141,7 @@ def test_constant_images_do_not_blow_up():
 def test_fit_pixels_is_cached_by_content(tmp_path, monkeypatch):
     """The second fit of the same pixels comes from the cache (equal, no refit); other pixels or another eps
     are another entry; a damaged entry is refitted, not trusted."""
-    from rd3fast import zca as zca_mod
+    from rd3fast.data import zca as zca_mod
 
     monkeypatch.setenv("RD3FAST_CACHE", str(tmp_path))
     g = torch.Generator().manual_seed(0)

@@ -1,0 +1,319 @@
+"""The leaderboard rendered: Markdown (also printed), CSV (one line per run) and PNG, written atomically into
+ROOT so that a reader (or a sweep that reports after every group) never sees half a file.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..atomic import atomic_write
+from .board import OWN, Board, Cell, RowKey, load, ordered, value_text
+from .stats import View, agreement, ior, own_rows, spread, throughput, views
+
+CSV_FIXED = ("id", "set", "method", "ipc", "baseline", "protocol", "preset", "student")
+
+
+CSV_TAIL = ("seed", "status", "selected", "last_top1", "best_top1", "last_heldout_top1", "images_per_s",
+            "train_time_s", "wall_s", "group_key", "k", "device", "error")
+
+
+FAILED_LISTED = 20  # failed runs named in the Markdown; all of them are in the CSV
+
+
+def _num(v: float | None, fmt: str = ".1f", none: str = "") -> str:
+    return none if v is None else format(v, fmt)
+
+
+def cell_text(cell: Cell | None, show_preset: bool = False) -> str:
+    """``46.3 ± 0.4 (n=3) / best 46.9``, then what is unfinished or failed, the held-out choice, and the
+    preset when the column's runs resolve to several (the ``own`` protocol)."""
+    if cell is None:
+        return "—"
+    parts = []
+    if cell.mean is not None:
+        spread_ = f" ± {cell.std:.1f}" if cell.n > 1 else ""  # one seed has no spread to show
+        parts.append(f"{cell.mean:.1f}{spread_} (n={cell.n}) / best {_num(cell.best)}")
+    elif cell.final and cell.failed == len(cell.runs):
+        parts.append("failed")
+    elif cell.done == 0:
+        parts.append("pending")
+    elif cell.final and not cell.chosen:
+        parts.append("no held-out top-1")
+    else:
+        parts.append(f"{cell.done}/{len(cell.runs)} done")
+    if cell.mean is not None and not cell.final:
+        parts.append(f"{cell.done}/{len(cell.runs)} done")
+    if cell.failed and parts[0] != "failed":
+        parts.append(f"{cell.failed} failed")
+    if cell.choice:
+        chosen = ", ".join(f"{k}={value_text(v)}" for k, v in cell.choice.items())
+        parts.append(f"{chosen} (held-out {cell.heldout:.1f})")
+    if show_preset:
+        parts.append(f"[{'/'.join(cell.presets)}]")
+    return " · ".join(parts)
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _row_label(board: Board, row: RowKey) -> list[str]:
+    info = board.set_info(row[1])
+    name = f"{row[1]} (baseline)" if info.baseline else row[1]
+    grid = dict(row[2])
+    return [name, info.method, str(info.ipc)] + [value_text(json.loads(grid[k])) if k in grid else ""
+                                                 for k in board.grid_keys if k not in board.select_keys]
+
+
+def _protocol_head(board: Board, protocol: str) -> tuple[str, bool]:
+    """The column title and whether cells name their preset (a protocol resolving to several presets)."""
+    presets = ordered(r.preset for r in board.runs if r.protocol == protocol)
+    if len(presets) == 1 and presets[0] != protocol:
+        return f"{protocol} ({presets[0]})", False
+    return protocol, len(presets) > 1
+
+
+def _student_sections(board: Board, student: str) -> list[str]:
+    rows = [row for row in board.rows if row[0] == student]
+    grid_cols = [k for k in board.grid_keys if k not in board.select_keys]
+    heads = [_protocol_head(board, p) for p in board.protocols]
+    label_head = ["set", "method", "IPC", *grid_cols]
+    out = ["### Top-1 (%)", ""]
+    out += _table(label_head + [h for h, _ in heads],
+                  ([*_row_label(board, row), *(cell_text(board.cells.get((row, p)), show)
+                                               for p, (_, show) in zip(board.protocols, heads))] for row in rows))
+    out += ["", "### IOR (top-1 minus the random-real set of the same IPC, same protocol)", ""]
+    out += _table(label_head + board.protocols,
+                  ([*_row_label(board, row), *(_ior_text(board, row, p) for p in board.protocols)] for row in rows))
+    student_views = [v for v in views(board) if v.student == student]
+    out += ["", *_spread_section(board, student_views)]
+    if OWN in board.protocols and len(board.protocols) > 1:
+        out += ["", *_own_section(board, student_views)]
+    return out
+
+
+def _ior_text(board: Board, row: RowKey, protocol: str) -> str:
+    if board.set_info(row[1]).baseline:
+        return "baseline"
+    value = ior(board, row, protocol)
+    return "" if value is None else f"{value:+.1f}"
+
+
+def _mark(final: bool) -> str:
+    return "" if final else " *"
+
+
+def _spread_section(board: Board, vs: list[View]) -> list[str]:
+    out = ["### Spread (best − worst non-baseline set) and rank agreement (Kendall τ-b)", ""]
+    rows = []
+    for v in vs:
+        for p in board.protocols:
+            s = spread(board, v, p)
+            value = "—" if s.value is None else f"{s.value:.1f}{_mark(s.final)}"
+            rows.append([v.label(board), p, value, s.best or "", s.worst or "", str(s.sets)])
+    out += _table(["view", "protocol", "spread", "best", "worst", "sets"], rows)
+    pairs = [agreement(board, v, a, b) for v in vs for a, b in combinations(board.protocols, 2)]
+    if pairs:
+        out += [""]
+        out += _table(["view", "protocol", "protocol", "Kendall τ", "sets"],
+                      ([g.view.label(board), g.a, g.b, "—" if g.tau is None else f"{g.tau:+.2f}{_mark(g.final)}",
+                        str(g.sets)] for g in pairs))
+    note = "Spread: over the non-baseline sets only (random-real is the reference, not a method). "
+    if pairs:
+        note += ("τ: over the sets both protocols have a mean for, baselines included; 1 = same order, "
+                 "−1 = reversed. ")
+    return out + ["", note + "`*`: some runs still unfinished, provisional."]
+
+
+def _own_section(board: Board, vs: list[View]) -> list[str]:
+    """Each set's own recipe against every other (rectified) protocol: the gap per set, and the spreads."""
+    others = [p for p in board.protocols if p != OWN]
+    out = ["### Own recipe vs rectified", ""]
+    for v in vs:
+        if len(vs) > 1:
+            out += [f"{v.label(board)}:", ""]
+        rows = []
+        for name, own, cells in own_rows(board, v):
+            row = [name, "/".join(own.presets) if own else "", _num(own.mean if own else None)]
+            for p in others:
+                cell = cells[p]
+                mean = cell.mean if cell else None
+                diff = own.mean - mean if own and own.mean is not None and mean is not None else None
+                row += [_num(mean), _num(diff, "+.1f")]
+            rows.append(row)
+        out += _table(["set", "own preset", OWN, *(c for p in others for c in (p, f"{OWN} − {p}"))], rows)
+        own_spread = spread(board, v, OWN)
+        for p in others:
+            s = spread(board, v, p)
+            out += ["", f"Spread ({v.label(board)}): own recipes {_num(own_spread.value, none='—')}"
+                        f"{_mark(own_spread.final)} → {p} {_num(s.value, none='—')}{_mark(s.final)} points."]
+        out += [""]
+    return out[:-1]
+
+
+def _throughput_section(board: Board) -> list[str]:
+    t = throughput(board)
+    ks = ", ".join(f"K={k}: {n}" for k, n in t.k_counts.items()) or "none yet"
+    devices = ", ".join(f"{d} ×{n}" for d, n in t.devices.items()) or "none yet"
+    out = ["## Throughput", "",
+           f"Device time of the finished runs: {t.device_hours:.3f} device-hours (each K-at-once group "
+           f"counted once). Groups finished: {t.groups} of {t.planned_groups} planned; runs trained at once "
+           f"per group: {ks}; devices: {devices}.", ""]
+    out += _table(["protocol", "ok runs", "median img/s"],
+                  ([p, str(t.runs[p]), _num(t.img_per_s[p], ".0f", "—")] for p in board.protocols))
+    return out + ["", "Per run img/s, train and wall time: leaderboard.csv."]
+
+
+def _failed_section(board: Board) -> list[str]:
+    failed = [r for r in board.runs if r.status == "failed"]
+    if not failed:
+        return []
+    lines = [f"- `{r.id}` {r.set} / {r.protocol} / {r.student} seed {r.seed}"
+             + "".join(f" {k}={value_text(v)}" for k, v in r.grid.items()) + f": {' '.join(str(r.error).split())}"
+             for r in failed[:FAILED_LISTED]]
+    if len(failed) > FAILED_LISTED:
+        lines.append(f"- … and {len(failed) - FAILED_LISTED} more (leaderboard.csv)")
+    return ["## Failed runs", "", *lines, "", "`--retry-failed` runs them again."]
+
+
+def _preamble(board: Board) -> list[str]:
+    runs = board.runs
+    ok = sum(r.status == "ok" for r in runs)
+    failed = sum(r.status == "failed" for r in runs)
+    pending = len(runs) - ok - failed
+    students = ", ".join(board.students) or "—"
+    state = f"{len(runs)} runs: {ok} ok"
+    state += f", {failed} failed" if failed else ""
+    state += f", {pending} pending or running" if pending else " (complete)"
+    out = [f"# Leaderboard: {board.root}", "",
+           f"Sweep `{board.plan.get('sweep', '?')}` (plan {board.plan.get('created', '?')}); "
+           f"student{'s' if len(board.students) > 1 else ''} {students}; {state}."]
+    if board.skipped:
+        out.append(f"{board.skipped} plan entries have no run information yet (not counted).")
+    out += ["", "Cells: last-epoch test top-1, mean ± std over the finished seeds (n), / best = mean over "
+                "seeds of each seed's best evaluation; `k/n done`: runs still pending or running; `failed`: "
+                "every run failed; [preset]: what the `own` protocol resolved to."]
+    select = board.plan.get("select")
+    if board.select_keys and select:
+        keys = ", ".join(board.select_keys)
+        out.append(f"Held-out selection: {keys} chosen per (set, protocol, student) by the best mean held-out "
+                   f"top-1 over seeds, on {select.get('size', '?')} real training images (seed "
+                   f"{select.get('seed', '?')}); the test top-1 shown is at that value only (held-out top-1 "
+                   "in brackets). The test set chooses nothing.")
+    return out
+
+
+def render_markdown(board: Board) -> str:
+    """The whole report as Markdown (what leaderboard.md holds and ``bench report`` prints)."""
+    out = _preamble(board)
+    for student in board.students:
+        out += [""] + ([f"## Student {student}", ""] if len(board.students) > 1 else [])
+        out += _student_sections(board, student)
+    out += ["", *_throughput_section(board)]
+    failed = _failed_section(board)
+    if failed:
+        out += ["", *failed]
+    return "\n".join(out) + "\n"
+
+
+def format_leaderboard(root: str | Path) -> str:
+    """The printed leaderboard of ROOT (RD3Error when ROOT is not a sweep root)."""
+    return render_markdown(load(root))
+
+
+# ---------------------------------------------------------------------------------------------------
+# CSV and PNG
+# ---------------------------------------------------------------------------------------------------
+def csv_header(board: Board) -> list[str]:
+    return [*CSV_FIXED, *(f"grid.{k}" for k in board.grid_keys), *CSV_TAIL]
+
+
+def csv_rows(board: Board) -> list[list[Any]]:
+    """One line per planned run, in plan order; ``selected`` says whether a run's grid value is the one
+    the held-out selection chose (blank without selection)."""
+    chosen = {r.id for c in board.cells.values() for r in c.chosen}
+    rows = []
+    for r in board.runs:
+        selected = ("yes" if r.id in chosen else "no") if board.select_keys else ""
+        rows.append([r.id, r.set, r.method, r.ipc, r.baseline, r.protocol, r.preset, r.student,
+                     *(_csv_value(r.grid.get(k)) for k in board.grid_keys), r.seed, r.status, selected,
+                     r.last_top1, r.best_top1, r.last_heldout_top1, r.images_per_s, r.train_time_s, r.wall_s,
+                     r.group_key, r.k, r.device, r.error])
+    return [["" if v is None else v for v in row] for row in rows]
+
+
+def _csv_value(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def write_csv(board: Board, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(csv_header(board))
+            writer.writerows(csv_rows(board))
+
+
+def plot(board: Board, path: Path) -> None:
+    """Grouped bars (set rows × protocols, mean ± std of the last top-1), and the per-protocol spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, protocols = board.rows, board.protocols
+    width = 0.8 / max(1, len(protocols))
+    fig, (ax_bar, ax_spread) = plt.subplots(2, 1, figsize=(max(8.0, 0.9 * len(rows) * max(1, len(protocols))), 8))
+    for i, p in enumerate(protocols):
+        xs, means, stds = [], [], []
+        for x, row in enumerate(rows):
+            cell = board.cells.get((row, p))
+            if cell is not None and cell.mean is not None:
+                xs.append(x + (i - (len(protocols) - 1) / 2) * width)
+                means.append(cell.mean)
+                stds.append(cell.std)
+        ax_bar.bar(xs, means, width, yerr=stds, capsize=2, color=f"C{i % 10}", label=p)
+    ax_bar.set_xticks(range(len(rows)), [_plot_label(board, row) for row in rows], rotation=25, ha="right",
+                      fontsize=8)
+    ax_bar.set(ylabel="test top-1 (%)", title="last top-1, mean ± std over finished seeds")
+    vs = views(board)
+    for i, p in enumerate(protocols):
+        spreads = [spread(board, v, p).value for v in vs]
+        xs = [x + (i - (len(protocols) - 1) / 2) * width for x, s in enumerate(spreads) if s is not None]
+        bars = ax_spread.bar(xs, [s for s in spreads if s is not None], width, color=f"C{i % 10}", label=p)
+        ax_spread.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax_spread.set_xticks(range(len(vs)), [v.label(board) for v in vs], fontsize=8)
+    ax_spread.set(ylabel="spread (points)", title="spread: best − worst non-baseline set")
+    for ax in (ax_bar, ax_spread):
+        if protocols:
+            ax.legend(fontsize=7)
+    if not any(c.mean is not None for c in board.cells.values()):
+        ax_bar.text(0.5, 0.5, "no finished runs yet", transform=ax_bar.transAxes, ha="center")
+    fig.tight_layout()
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)  # format: the temporary name does not end in .png
+    finally:
+        plt.close(fig)
+
+
+def _plot_label(board: Board, row: RowKey) -> str:
+    parts = [row[1]] + [f"{k}={value_text(json.loads(v))}" for k, v in row[2]]
+    if len(board.students) > 1:
+        parts.append(row[0])
+    return "\n".join(parts)
+
+
+def write_report(root: str | Path) -> dict[str, Path]:
+    """Write ROOT/leaderboard.{md,csv,png} (each atomically) from one reading of ROOT; their paths by
+    kind ("md", "csv", "png")."""
+    board = load(root)
+    paths = {kind: board.root / f"leaderboard.{kind}" for kind in ("md", "csv", "png")}
+    with atomic_write(paths["md"]) as tmp:
+        tmp.write_text(render_markdown(board))
+    write_csv(board, paths["csv"])
+    plot(board, paths["png"])
+    return paths

@@ -1,0 +1,291 @@
+"""The validation set decoded once: its centre crops cached as a uint8 .npy memmap.
+
+A real validation ImageFolder is decoded (PIL in worker processes, DALI or FFCV) into uint8 N x 3 x S x S
+centre crops (Resize(round(S / ratio)) + CenterCrop(S), ``data.load_real``'s transform) and written once
+to ``<cache>/val/<key>.npy`` with its labels and class names beside it. Every later run memory-maps it
+(no decode), and the evaluator moves it to the device once and evaluates it in batches (bf16 autocast and
+channels_last on CUDA: ``train.evaluate``). ``load_real`` is ``data.load_real`` with its folders read
+through here; ``experiment.prepare`` reads the validation set with it.
+
+The key hashes everything the pixels depend on: the folder's absolute path and listing (class folders,
+every file's relative path, size and mtime), the class map's content, the image size, the resize ratio,
+the decoder (decoders differ by JPEG rounding) and ``TRANSFORM_VERSION``; change any and it is a new
+entry. Writes are atomic (temporary file + rename) and the space is reserved before the decode; a failed
+decode, a full disk or an interrupt leaves nothing behind, and an unwritable cache folder is reported
+before anything is decoded. The cache lives
+in ``$RD3FAST_CACHE`` or ``~/.cache/rd3fast`` (``cachedir``); ``python -m rd3fast.prepare cache`` fills it
+ahead of time.
+
+This module sits above the data layers and the readers (it decodes with either) and below
+``experiment``; nothing it imports imports it back.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_tmp
+from ..cachedir import CACHE_ENV, cache_root
+from ..errors import RD3Error
+from ..lock import OutputLock
+from ..progress import bar
+from . import sets as data
+from .backends import make_reader
+from .decode import Fit, decoded
+from .folders import ImageList, folder_fingerprint, list_image_folder
+from .sets import ImageSet
+
+TRANSFORM_VERSION = 1  # bump whenever the decode geometry or a decoder's settings change
+DECODERS = ("pil", "dali", "ffcv")
+SCHEMA = 1
+PARALLEL_MIN = 64  # files above which the PIL decode into the cache uses worker processes
+BATCH = 256  # images per write into the cache file
+
+
+def cache_key(root: str | Path, image_size: int, resize_ratio: float, decoder: str = "pil",
+              class_map: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(hex key, the dict it hashes) for one folder + transform + decoder."""
+    decoder = resolve_decoder(decoder)
+    if decoder not in DECODERS:
+        raise RD3Error(f"--loader: the validation decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    desc = {"kind": "val-centre-crops", "source": folder_fingerprint(root, class_map), "image_size": int(image_size),
+            "resize_ratio": float(resize_ratio), "decoder": decoder, "transform_version": TRANSFORM_VERSION}
+    blob = json.dumps(desc, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:32], desc
+
+
+def resolve_decoder(decoder: str) -> str:
+    """The validation decoder a --loader value stands for: auto means PIL (the reference pixels; the decode
+    happens once, so its speed matters little)."""
+    return "pil" if decoder in ("auto", "", None) else decoder
+
+
+def _default_device(decoder: str, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if decoder == "dali" and torch.cuda.is_available() else "cpu")
+
+
+def _paths(entry: Path) -> tuple[Path, Path, Path]:
+    return entry.with_suffix(".npy"), entry.with_suffix(".labels.npy"), entry.with_suffix(".json")
+
+
+def _uint8_batches(root: Path, listing: ImageList, image_size: int, resize_ratio: float, decoder: str,
+                   workers: int | None, device: str | torch.device, class_map: str | Path | None,
+                   batch_size: int = BATCH) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, uint8 B x 3 x S x S) in listing order from the chosen decoder."""
+    if decoder == "pil":
+        n = len(listing.files)
+        files = [Path(f) for f in listing.files]
+        with decoded(files, Fit.centre_crop(image_size, resize_ratio), workers, PARALLEL_MIN) as arrays:
+            buf = np.empty((min(batch_size, n), 3, image_size, image_size), np.uint8)
+            start = fill = 0
+            for arr in arrays:
+                if arr.shape[:2] != (image_size, image_size):  # cannot happen with a centre crop; be loud
+                    raise RD3Error(f"decoded crop has shape {arr.shape}, expected {image_size}x{image_size}")
+                buf[fill] = arr if arr.ndim == 2 else arr.transpose(2, 0, 1)
+                fill += 1
+                if fill == len(buf):
+                    yield start, buf[:fill]
+                    start, fill = start + fill, 0
+            if fill:
+                yield start, buf[:fill]
+        return
+    reader = make_reader(decoder, root, mode="val", image_size=image_size, resize_ratio=resize_ratio,
+                         batch_size=batch_size, device=device, workers=workers, output="uint8",
+                         class_map=class_map)
+    start = 0
+    for x, y in reader:
+        arr = x.cpu().numpy()
+        if y.cpu().tolist() != list(listing.labels[start:start + len(arr)]):
+            raise RD3Error(f"{root}: the {decoder} reader's labels disagree with the folder listing at image {start}")
+        yield start, arr
+        start += len(arr)
+
+
+def _where(cache_dir: str | Path | None) -> str:
+    """The cache folder as the user chose it, for messages: the flag's value, or where the default came from."""
+    root = cache_root(cache_dir)
+    return f"--val-cache {root}" if cache_dir else f"validation cache {root} (${CACHE_ENV} or ~/.cache/rd3fast)"
+
+
+def _writable_folder(folder: Path, cache_dir: str | Path | None) -> None:
+    """Create the cache's ``folder`` or say in one line, naming --val-cache, why no entry can go there."""
+    fix = "pass --val-cache off, or --val-cache DIR with a writable folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else f"cannot create {folder} ({e.strerror or e})"
+        raise RD3Error(f"{_where(cache_dir)}: {why}; {fix}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RD3Error(f"{_where(cache_dir)}: {folder} is not writable; {fix}")
+
+
+def _no_space(folder: Path, need: int, cache_dir: str | Path | None) -> RD3Error:
+    free = shutil.disk_usage(folder).free
+    return RD3Error(f"no space left on {folder} for the validation cache: need {need / 1e6:.1f} MB, "
+                    f"{free / 1e6:.1f} MB free ({_where(cache_dir)}); pass --val-cache off or another DIR")
+
+
+def _reserved_memmap(path: Path, shape: tuple[int, ...], cache_dir: str | Path | None) -> np.memmap:
+    """A uint8 .npy of ``shape`` at ``path`` (an existing empty file), its disk space allocated before it is
+    mapped: writing into a memory map over a full disk does not fail, it kills the process with SIGBUS."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+    with open(path, "r+b") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        size = f.tell() + math.prod(shape)
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except AttributeError:  # no posix_fallocate (macOS): the file stays sparse, unreserved
+            f.truncate(size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(path.parent, size, cache_dir) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+                raise
+            f.truncate(size)
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: str = "pil",
+          class_map: str | Path | None = None, workers: int | None = None,
+          device: str | torch.device | None = None, cache_dir: str | Path | None = None,
+          progress: bool = True) -> Path:
+    """Decode ``root`` once into the cache (if its entry is missing); returns the entry's .npy path.
+    ``device`` is where DALI decodes (default: the GPU when there is one). ``progress``: a bar per batch
+    written (on a terminal). The cache folder is checked before anything is decoded, its space reserved
+    before anything is written, and on any failure or interrupt no file of the entry is left behind."""
+    data.check_resize_ratio(resize_ratio)  # also guards callers that skip data.load_real (prepare cache)
+    decoder = resolve_decoder(decoder)
+    device = _default_device(decoder, device)
+    key, desc = cache_key(root, image_size, resize_ratio, decoder, class_map)
+    folder = cache_root(cache_dir) / "val"
+    entry = folder / key
+    finals = _paths(entry)
+    npy, labels_npy, meta = finals
+    if all(f.is_file() for f in finals):
+        return npy
+    _writable_folder(folder, cache_dir)
+    # One builder per entry: a second run that needs the same entry waits for the first, then reads it,
+    # instead of decoding the same folder twice side by side.
+    with OutputLock.file(entry.with_suffix(".npy"), flag="--val-cache").acquire(wait=True):
+        if all(f.is_file() for f in finals):
+            return npy
+        return _build_entry(root, finals, key, desc, folder, cache_dir, image_size=image_size,
+                            resize_ratio=resize_ratio, decoder=decoder, class_map=class_map, workers=workers,
+                            device=device, progress=progress)
+
+
+def _build_entry(root: str | Path, finals: tuple[Path, Path, Path], key: str, desc: dict[str, Any], folder: Path,
+                 cache_dir: str | Path | None, *,
+                 image_size: int, resize_ratio: float, decoder: str, class_map: str | Path | None,
+                 workers: int | None, device: torch.device, progress: bool) -> Path:
+    npy, labels_npy, meta = finals
+    entry = npy.with_suffix("")
+    listing = list_image_folder(root, class_map)
+    n = len(listing.files)
+    tmps: list[Path] = []
+    replaced: list[Path] = []
+    t0 = time.perf_counter()
+    try:
+        for f in finals:  # one by one, so the ones made before a failure are cleaned up
+            tmps.append(atomic_tmp(f))
+        tmp_npy, tmp_labels, tmp_meta = tmps
+        out = _reserved_memmap(tmp_npy, (n, 3, image_size, image_size), cache_dir)
+        done = 0
+        # closing: an error or interrupt stops the decoder's worker pool now, not when the traceback is freed.
+        with contextlib.closing(_uint8_batches(Path(root), listing, image_size, resize_ratio, decoder, workers,
+                                               device, class_map)) as batches:
+            for start, arr in bar(batches, total=math.ceil(n / BATCH), desc=f"decode {root} once ({decoder})",
+                                  unit="batch", enabled=progress):
+                out[start:start + len(arr)] = arr
+                done = start + len(arr)
+        if done != n:
+            raise RD3Error(f"{root}: the {decoder} decoder returned {done} images for {n} files")
+        out.flush()
+        del out
+        with open(tmp_labels, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, np.asarray(listing.labels, dtype=np.int64), allow_pickle=False)
+        record = {"schema": SCHEMA, "key": key, **desc, "images": n, "decode_s": time.perf_counter() - t0,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp_meta.write_text(json.dumps(record, indent=1))
+        # The .json is the commit marker: replaced last, so a half-written entry is never read.
+        for tmp, final in zip(tmps, finals):
+            os.replace(tmp, final)
+            replaced.append(final)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(folder, n * 3 * image_size * image_size, cache_dir) from None
+        what = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        raise RD3Error(f"filling the validation cache entry {entry} failed ({what}); nothing was kept. "
+                       "Pass --val-cache off or another DIR") from None
+    finally:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        if len(replaced) < len(finals):  # without its .json the rest is no entry: leave nothing half-written
+            for f in replaced:
+                f.unlink(missing_ok=True)
+    return npy
+
+
+def load(npy: str | Path) -> ImageSet:
+    """An ImageSet over a cache entry: images memory-mapped copy-on-write (nothing decoded or read yet). An
+    entry that is unreadable or does not add up is an RD3Error telling the user which files to delete."""
+    npy = Path(npy)
+    entry = npy.with_suffix("")
+    _, labels_npy, meta = _paths(entry)
+    delete = f"delete {entry}.* (its .npy, .labels.npy and .json) to rebuild it"
+    try:
+        record = json.loads(meta.read_text())
+        classes = [str(c) for c in record["source"]["classes"]]
+        root = str(record["source"]["root"])
+        images = np.load(npy, mmap_mode="c")
+        labels = np.load(labels_npy)
+    except KeyError as e:
+        raise RD3Error(f"validation cache entry {meta} has no {e} key; {delete}") from None
+    except (OSError, ValueError, EOFError, TypeError) as e:  # TypeError: JSON of the wrong shape
+        raise RD3Error(f"validation cache entry {entry} is unreadable ({e}); {delete}") from None
+    if (images.ndim != 4 or images.dtype != np.uint8 or labels.ndim != 1 or labels.dtype != np.int64
+            or images.shape[0] != len(labels) or record.get("images", len(labels)) != len(labels)
+            or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes))):
+        raise RD3Error(f"validation cache entry {entry} is inconsistent (images {images.shape} {images.dtype}, "
+                       f"{len(labels)} labels, {len(classes)} classes); {delete}")
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes, root)
+
+
+def cached_real(root: str | Path, *, image_size: int, resize_ratio: float, decoder: str = "pil",
+                class_map: str | Path | None = None, workers: int | None = None,
+                device: str | torch.device | None = None, cache_dir: str | Path | None = None,
+                progress: bool = True) -> ImageSet:
+    """``data.load_real`` for a folder, through the cache: decode once, memory-map afterwards."""
+    return load(build(root, image_size=image_size, resize_ratio=resize_ratio, decoder=decoder,
+                      class_map=class_map, workers=workers, device=device, cache_dir=cache_dir,
+                      progress=progress))
+
+
+def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: float = 0.0,
+              class_map: str | Path | None = None, workers: int | None = None, cache: bool | str = "auto",
+              decoder: str = "pil", progress: bool = True) -> ImageSet:
+    """``data.load_real`` (same arguments and checks), a validation folder read through the cache unless
+    ``cache`` is off: True/"auto"/"on": the default cache dir, a path: that dir, False/"off": decode now.
+    ``decoder`` (pil | dali | ffcv | auto) decodes a folder missing from the cache (3-channel images)."""
+    if cache in (False, None, "", "off"):
+        return data.load_real(source, split, image_size=image_size, resize_ratio=resize_ratio,
+                              class_map=class_map, workers=workers, progress=progress)
+    cache_dir = None if cache in (True, "auto", "on") else str(cache)
+    return data.load_real(source, split, image_size=image_size, resize_ratio=resize_ratio, class_map=class_map,
+                          workers=workers, progress=progress,
+                          read_val_folder=partial(cached_real, decoder=decoder, cache_dir=cache_dir))
