@@ -12,8 +12,14 @@ from rd3fast.data.sets import BUILTIN, ImageSet, load_real
 from rd3fast.engine.models import build_model
 from rd3fast.engine.teacher import Relabeler
 from rd3fast.errors import RD3Error
-from rd3fast.methods.coreset import (coreset_indices, coreset_select, final_linear, herding, kcenter_greedy,
-                                     teacher_features)
+from rd3fast.methods.coreset import (
+    coreset_indices,
+    coreset_select,
+    final_linear,
+    herding,
+    kcenter_greedy,
+    teacher_features,
+)
 
 MEAN, STD = BUILTIN["digits"].mean, BUILTIN["digits"].std
 

@@ -13,7 +13,8 @@ from PIL import Image
 from rd3fast.data import decode
 from rd3fast.data import sets as data
 from rd3fast.data.folders import read_class_map
-from rd3fast.data.sets import BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real, read_idx
+from rd3fast.data.idx import read_idx
+from rd3fast.data.sets import BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real
 from rd3fast.errors import RD3Error
 
 

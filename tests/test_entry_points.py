@@ -40,8 +40,20 @@ def test_console_script() -> None:
 def test_public_names() -> None:
     """`from rd3fast import ...` as the README and the package docstring show it."""
     import rd3fast
-    from rd3fast import (PRESETS, AugParams, AugSpec, Batch, Config, RD3Error, Relabeler, ResidentLoader,  # noqa: F401
-                         augment, load_teachers, resolve, sample_params)
+    from rd3fast import (  # noqa: F401
+        PRESETS,
+        AugParams,
+        AugSpec,
+        Batch,
+        Config,
+        RD3Error,
+        Relabeler,
+        ResidentLoader,
+        augment,
+        load_teachers,
+        resolve,
+        sample_params,
+    )
 
     assert set(rd3fast.__all__) >= {"AugSpec", "Relabeler", "ResidentLoader", "load_teachers", "Config"}
     assert all(hasattr(rd3fast, n) for n in rd3fast.__all__)

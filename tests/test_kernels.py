@@ -19,12 +19,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from rd3fast.kernels import (
+    crop_resize_flip_normalize,
+    fused_augment,
+    interpreted,
+    max_taps,
+    normalize_u8,
+    patch_shuffle_u8,
+)
 
 from rd3fast.data import pixels
 from rd3fast.engine import aug
 from rd3fast.engine.aug import AugParams, AugSpec
-from rd3fast.kernels import (crop_resize_flip_normalize, fused_augment, interpreted, max_taps, normalize_u8,
-                             patch_shuffle_u8)
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MEAN1, STD1 = (0.5,), (0.25,)

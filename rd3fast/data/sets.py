@@ -10,10 +10,7 @@ or float copies around. The validation cache sits above this module (``valcache.
 """
 from __future__ import annotations
 
-import gzip
-import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -27,6 +24,7 @@ from ..errors import RD3Error
 from ..outputs import check_output_dir
 from .decode import Fit, decode_many, short_side
 from .folders import list_image_folder, read_class_map
+from .idx import read_idx
 from .pixels import resize_uint8
 from .tensors import CHUNK, is_mtt_folder, read_tensor_set
 
@@ -248,28 +246,6 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     images = torch.from_numpy(pixels).unsqueeze(1).contiguous()
     labels = torch.from_numpy(d.target[index].astype(np.int64))
     return images, labels, [str(i) for i in range(10)]
-
-
-def read_idx(path: str | Path, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes (magic 0x0800 + ndim: 2049 labels, 2051 images), gzipped or plain."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-        with (gzip.open(p, "rb") if gzipped else open(p, "rb")) as f:
-            data = bytearray(f.read())  # writable, so torch.from_numpy needs no copy
-    except (OSError, EOFError) as e:
-        raise RD3Error(f"cannot read idx file {p}: {e}") from None
-    header = 4 + 4 * ndim
-    magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
-    if magic != 0x800 + ndim or len(data) < header:
-        raise RD3Error(f"{p}: not an idx file of bytes with {ndim} dimension(s) (magic {magic}, expected "
-                       f"{0x800 + ndim})")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    if len(data) - header != math.prod(dims):
-        raise RD3Error(f"{p}: header says {'x'.join(map(str, dims))} bytes of data but the file holds "
-                       f"{len(data) - header}")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
 def fashion_mnist_dir() -> Path:
