@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rd3fast.data import backends, valcache
 from rd3fast.data.backends import make_reader
-from rd3fast.data.sets import BUILTIN
+from rd3fast.data.datasets import BUILTIN
 
 FM = BUILTIN["fashion-mnist"]
 

@@ -38,7 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rd3fast.config import resolve  # noqa: E402
-from rd3fast.data.sets import BUILTIN, load_real, write_image_folder
+from rd3fast.data.datasets import BUILTIN
+from rd3fast.data.sets import load_real, write_image_folder
 from rd3fast.engine.experiment import pick_device
 from rd3fast.engine.pretraining import pretrain
 from rd3fast.engine.teacher import load_teachers

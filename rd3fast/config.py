@@ -49,7 +49,8 @@ class Config:
     preset: str = "rd3"  # the preset these values started from (informational once resolved)
     # --- data -------------------------------------------------------------------------------------
     distilled: str | None = None  # distilled set (ImageFolder, .pt/.npz, images_best.pt folder); run: several, a,b
-    dataset: str | None = None  # built-in real set for validation: digits | fashion-mnist
+    dataset: str | None = None  # named real set (README "Datasets"): cifar10 | cifar100 | tiny-imagenet | imagenet | ...
+    data_root: str | None = None  # folder holding --dataset as downloaded; None: $RD3FAST_DATA
     val: str | None = None  # real validation ImageFolder (class folders, ImageNet style)
     class_map: str | None = None  # distilled folder: text file, one class folder name per line, in index order
     num_classes: int = 0  # 0: from the data

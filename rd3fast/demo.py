@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from .config import resolve
-from .data.sets import BUILTIN, load_real, write_image_folder
+from .data.datasets import BUILTIN
+from .data.sets import load_real, write_image_folder
 from .engine.experiment import pick_device
 from .engine.pretraining import pretrain
 from .engine.teacher import load_teachers

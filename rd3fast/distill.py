@@ -37,7 +37,9 @@ import torch
 
 from .cliargs import ArgumentParser, integer, number, numbers
 from .config import SEED_LIMIT
-from .data.sets import ImageSet, load_distilled, load_real, write_image_folder
+from .data.datasets import BUILTIN, is_file_set
+from .data.sets import ImageSet, load_distilled, load_real, train_subset, write_image_folder
+from .engine.pretraining import STREAMED_SETS
 from .engine.teacher import Relabeler
 from .errors import RD3Error, cli
 from .methods.coreset import random_real
@@ -64,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m rd3fast.distill", description="Distillers that write an ImageFolder.",
                        formatter_class=_DefaultsHelp)
     p.add_argument("--method", choices=list(METHODS), required=True)
-    p.add_argument("--dataset", default=None, help="built-in real set (digits, fashion-mnist)")
+    p.add_argument("--dataset", default=None, help=f"named real set ({', '.join(BUILTIN)}): its training split")
+    p.add_argument("--data-root", default=None, help="folder holding --dataset as downloaded [$RD3FAST_DATA]")
+    p.add_argument("--max-per-class", type=integer(0), default=0,
+                   help="read at most this many training images per class (drawn with --seed; a file set such as "
+                        "imagenet decodes only those); 0: all")
     p.add_argument("--train", default=None, help="real training ImageFolder instead of --dataset")
     p.add_argument("--load-size", type=integer(0), default=0, help="resize --train images to this square size")
     p.add_argument("--ipc", type=integer(1), required=True, help="images per class")
@@ -90,8 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RD3Error(f"--method {args.method} needs --teacher ARCH and --teacher-weights FILE")
         recipe = _recipe_from_args(args)  # flag misuse is reported before any data is read
         check_output_dir(args.out, "--out", must_be_empty=True)  # before reading the data and the teacher
-        real = (load_real(args.dataset, "train") if args.dataset
-                else load_distilled(args.train, load_size=args.load_size, progress=not args.no_progress))
+        real = _real_training_set(args)
         if args.method == "random":
             syn = random_real(real, args.ipc, args.seed)
         else:
@@ -100,6 +105,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {len(syn.images)} images ({args.method}, IPC {args.ipc}) to {args.out}")
 
     return cli(body)
+
+
+def _real_training_set(args: argparse.Namespace) -> ImageSet:
+    """--dataset's training split (at most --max-per-class images of each class) or the --train folder."""
+    progress = not args.no_progress
+    if args.dataset is None:
+        if args.max_per_class or args.data_root:
+            raise RD3Error(f"{'--max-per-class' if args.max_per_class else '--data-root'} applies to --dataset")
+        return load_distilled(args.train, load_size=args.load_size, progress=progress)
+    if args.max_per_class:
+        return train_subset(args.dataset, args.max_per_class, args.seed, data_root=args.data_root, progress=progress)
+    if is_file_set(args.dataset) and args.dataset in STREAMED_SETS:
+        raise RD3Error(f"--dataset {args.dataset}: decoding its whole training split (1.28 M images) is not "
+                       "what a distiller needs: pass --max-per-class N (e.g. 300, RDED's candidates)")
+    return load_real(args.dataset, "train", data_root=args.data_root, progress=progress)
 
 
 def _add_recover_flags(p: argparse.ArgumentParser) -> None:

@@ -24,14 +24,15 @@ import numpy as np
 from .atomic import atomic_folder
 from .cachedir import cache_root
 from .cliargs import ArgumentParser, integer, number
+from .data.datasets import BUILTIN, is_file_set, list_files
 from .errors import RD3Error, cli
 from .outputs import check_output_dir, check_output_file
 
 
 def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str = "jpg", quality: int = 90,
-                       limit: int = 0, image_size: int = 0) -> Path:
-    """A built-in set (or the first ``limit`` images per class of it) as an ImageFolder: one folder per class
-    (``00``, ``01``, ...; sorted order = class index), files ``{i:05d}.jpg``. Gray stays gray."""
+                  limit: int = 0, image_size: int = 0, data_root: str | Path | None = None) -> Path:
+    """A named set's split (or the first ``limit`` images per class of it) as an ImageFolder: one folder per
+    class (``00``, ``01``, ...; sorted order = class index), files ``{i:05d}.jpg``. Gray stays gray."""
     from PIL import Image
 
     from .data.sets import load_real
@@ -41,7 +42,7 @@ def export_folder(source: str, out: str | Path, *, split: str = "val", fmt: str 
     if limit < 0:
         raise RD3Error(f"--limit: expected an integer >= 0 (0: all), got {limit}")
     root = check_output_dir(out, "--out", must_be_empty=True)
-    real = load_real(source, split, image_size=image_size)
+    real = load_real(source, split, image_size=image_size, data_root=data_root)
     width = max(2, len(str(real.num_classes - 1)))
     counts = np.zeros(real.num_classes, np.int64)
     with atomic_folder(root) as tmp:  # a failed export (a full disk) leaves no partial folder
@@ -68,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("beton", help="write an FFCV .beton (+ .beton.json)")
-    b.add_argument("--source", required=True, help="ImageFolder or built-in name (fashion-mnist, digits)")
-    b.add_argument("--split", default="train", help="built-in split (train | val)")
+    b.add_argument("--source", required=True, help="ImageFolder or dataset name (cifar10, imagenet, ...)")
+    b.add_argument("--split", default="train", help="a dataset's split (train | val)")
+    b.add_argument("--data-root", default=None, help="folder holding the dataset as downloaded [$RD3FAST_DATA]")
     b.add_argument("--out", required=True, help=".beton file to write")
     b.add_argument("--write-mode", default="raw", choices=["raw", "jpg"])
     b.add_argument("--jpeg-quality", type=integer(1, 100), default=90)
@@ -78,11 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--class-map", default=None)
     b.add_argument("--workers", type=integer(1), default=None)
     c = sub.add_parser("cache", help="decode a validation ImageFolder once into the uint8 cache")
-    c.add_argument("--source", required=True, help="validation ImageFolder")
-    c.add_argument("--image-size", type=integer(1), required=True, help="centre-crop size (224 for ImageNet)")
+    c.add_argument("--source", required=True, help="validation ImageFolder, or a file dataset's name "
+                   "(tiny-imagenet, imagenet, imagenette, imagewoof: its val split)")
+    c.add_argument("--data-root", default=None, help="folder holding the dataset as downloaded [$RD3FAST_DATA]")
+    c.add_argument("--image-size", type=integer(1), default=None,
+                   help="centre-crop size (224 for ImageNet) [a dataset's default; required for a folder]")
     # No 0 here (evaluation's "the dataset's default"): a folder has no default to fall back on.
-    c.add_argument("--val-resize-ratio", type=number(0, 1, lo_open=True), default=0.875,
-                   help="crop / resized shorter side, in (0, 1]")
+    c.add_argument("--val-resize-ratio", type=number(0, 1, lo_open=True), default=None,
+                   help="crop / resized shorter side, in (0, 1] [a dataset's default; 0.875 for a folder]")
     c.add_argument("--loader", default="pil", choices=["auto", "pil", "dali", "ffcv"], help="decoder")
     c.add_argument("--class-map", default=None)
     c.add_argument("--cache-dir", default=None, help="[$RD3FAST_CACHE or ~/.cache/rd3fast]")
@@ -90,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--device", default=None, help="where DALI decodes [cuda if there is one]")
     c.add_argument("--no-progress", action="store_true", help="no decode bar (it only shows on a terminal)")
     f = sub.add_parser("folder", help="write a built-in set as an ImageFolder of JPEG/PNG files")
-    f.add_argument("--source", required=True, help="built-in name (fashion-mnist, digits)")
+    f.add_argument("--source", required=True, help="dataset name (fashion-mnist, digits, cifar10, ...)")
+    f.add_argument("--data-root", default=None, help="folder holding the dataset as downloaded [$RD3FAST_DATA]")
     f.add_argument("--split", default="val")
     f.add_argument("--out", required=True)
     f.add_argument("--format", default="jpg", choices=["jpg", "png"])
@@ -109,13 +115,24 @@ def _run(args: argparse.Namespace) -> None:
 
         out = write_beton(args.source, args.out, split=args.split, write_mode=args.write_mode,
                           jpeg_quality=args.jpeg_quality, max_resolution=args.max_resolution,
-                          class_map=args.class_map, workers=args.workers, image_size=args.image_size)
+                          class_map=args.class_map, workers=args.workers, image_size=args.image_size,
+                          data_root=args.data_root)
         print(f"wrote {out} (+ {out.name}.json) in {time.perf_counter() - t0:.1f}s")
     elif args.cmd == "cache":
         from .data.valcache import build, load
 
         check_output_dir(cache_root(args.cache_dir), "--cache-dir")
-        npy = build(args.source, image_size=args.image_size, resize_ratio=args.val_resize_ratio,
+        source, size, ratio = args.source, args.image_size, args.val_resize_ratio
+        if source in BUILTIN:  # a file set's validation split (array sets are read whole, never cached)
+            if not is_file_set(source):
+                raise RD3Error(f"--source {source}: an array set is read whole in a second; the cache is for "
+                               "image files (a folder, or tiny-imagenet / imagenet / imagenette / imagewoof)")
+            info = BUILTIN[source]
+            size, ratio = size or info.image_size, ratio or info.val_resize_ratio
+            source = list_files(source, "val", args.data_root)
+        elif size is None:
+            raise RD3Error("--image-size: a folder needs the centre-crop size (224 for ImageNet)")
+        npy = build(source, image_size=size, resize_ratio=ratio or 0.875,
                     decoder=args.loader, class_map=args.class_map, workers=args.workers, device=args.device,
                     cache_dir=args.cache_dir, progress=not args.no_progress)
         s = load(npy)
@@ -123,7 +140,7 @@ def _run(args: argparse.Namespace) -> None:
               f"{s.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
     else:
         out = export_folder(args.source, args.out, split=args.split, fmt=args.format, quality=args.quality,
-                            limit=args.limit, image_size=args.image_size)
+                            limit=args.limit, image_size=args.image_size, data_root=args.data_root)
         print(f"wrote ImageFolder {out} in {time.perf_counter() - t0:.1f}s")
 
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rd3fast.data import decode
-from rd3fast.data import sets as data
+from rd3fast.data import datasets, decode
 from rd3fast.data.folders import read_class_map
 from rd3fast.data.idx import read_idx
 from rd3fast.data.sets import BUILTIN, ImageSet, check_num_classes, expand_channels, load_distilled, load_real
@@ -337,7 +336,7 @@ def test_digits_resize_matches_torch():
 
 def test_builtin_errors(tmp_path):
     with pytest.raises(RD3Error, match="digits, fashion-mnist"):
-        load_real("cifar10", "val")
+        load_real("cifar11", "val")
     with pytest.raises(RD3Error, match="unknown split"):
         load_real("digits", "holdout")
     with pytest.raises(RD3Error, match="class-map"):
@@ -369,7 +368,7 @@ def test_fashion_mnist_from_env_dir(tmp_path, monkeypatch):
     images = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, True)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 9, 3, 3], np.uint8), False)
-    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path))
+    monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(tmp_path))
     s = load_real("fashion-mnist", "test")
     assert s.images.shape == (4, 1, 28, 28) and torch.equal(s.images[:, 0], torch.from_numpy(images))
     assert s.labels.tolist() == [0, 9, 3, 3] and s.classes[9] == "Ankle boot" and s.num_classes == 10
@@ -378,9 +377,9 @@ def test_fashion_mnist_from_env_dir(tmp_path, monkeypatch):
         load_real("fashion-mnist", "train")
 
 
-@pytest.mark.skipif(not Path(data.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not Path(datasets.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_debian(monkeypatch):
-    monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+    monkeypatch.delenv(datasets.FASHION_MNIST_ENV, raising=False)
     val = load_real("fashion-mnist", "val")
     assert val.images.shape == (10000, 1, 28, 28) and val.labels.shape == (10000,)
     assert torch.bincount(val.labels).tolist() == [1000] * 10

@@ -94,7 +94,8 @@ def _pretrain_teacher(out: Path, progress: bool) -> None:
 
 def _distill(root: Path, teacher: Path, names: list[str]) -> None:
     """The default sets (rd3fast.distill's functions): a random real subset and RDED's selection."""
-    from ..data.sets import BUILTIN, load_real, write_image_folder
+    from ..data.datasets import BUILTIN
+    from ..data.sets import load_real, write_image_folder
     from ..engine.experiment import pick_device
     from ..engine.teacher import load_teachers
     from ..methods.coreset import random_real

@@ -12,7 +12,8 @@ import torch
 
 from ..config import Config
 from ..data.folders import list_image_folder
-from ..data.sets import BUILTIN, ImageSet, load_real
+from ..data.datasets import BUILTIN, is_file_set, list_files
+from ..data.sets import ImageSet, load_real
 from ..engine import train as training
 from ..engine.experiment import Experiment, pick_device
 from ..engine.models import build_model
@@ -155,6 +156,8 @@ def _time_eval(exp: Experiment, warmup: int = 2, repeats: int = 3) -> float:
 
 
 def _val_images(sweep: Sweep) -> int:
-    if sweep.dataset is not None:
-        return len(load_real(sweep.dataset, "val").labels)
+    if sweep.dataset is not None:  # a file set is counted from its listing, never decoded for this
+        if is_file_set(sweep.dataset):
+            return len(list_files(sweep.dataset, "val", sweep.data_root).files)
+        return len(load_real(sweep.dataset, "val", data_root=sweep.data_root).labels)
     return len(list_image_folder(sweep.val).files)

@@ -94,7 +94,8 @@ def _experiment(todo: list[RunSpec], progress: bool) -> Experiment:
     exp = prepare(todo[0].config, progress=progress)
     held = todo[0].heldout
     if held is not None:
-        h = heldout_split(exp.cfg.dataset, held.size, held.seed, image_size=exp.cfg.image_size)
+        h = heldout_split(exp.cfg.dataset, held.size, held.seed, image_size=exp.cfg.image_size,
+                          data_root=exp.cfg.data_root, progress=progress)
         exp = dataclasses.replace(exp, heldout=ImageSet(expand_channels(h.images, 3), h.labels, h.classes, h.source))
     return exp
 

@@ -84,7 +84,8 @@ def resolve_run_config(sweep: Sweep, s: SetSpec, proto: Protocol, student: str, 
                        seed: int) -> Config:
     """preset < top-level keys < protocol keys < grid point < what the sweep sets (set, student, seed...)."""
     preset = proto.preset_for(s.method)
-    fixed = dict(distilled=s.path, dataset=sweep.dataset, val=sweep.val, student=student, seeds=(seed,),
+    fixed = dict(distilled=s.path, dataset=sweep.dataset, data_root=sweep.data_root, val=sweep.val,
+                 student=student, seeds=(seed,),
                  teacher=tuple(t.arch for t in sweep.teachers),
                  teacher_weights=tuple(t.weights for t in sweep.teachers), parallel_seeds=1)
     try:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from .. import config as config_mod
 from ..config import PRESETS, Config
-from ..data.sets import BUILTIN
+from ..data.datasets import BUILTIN, locate
 from ..errors import RD3Error
 
 OWN = "own"  # protocol preset: each set's method's own recipe (METHOD_PRESETS)
@@ -37,11 +37,12 @@ BASELINE_METHOD = "random-real"
 
 # Config keys the sweep sets itself, per run; in a TOML they go where the schema puts them.
 SCHEMA_SET = {"preset": "protocols.<name>.preset", "distilled": "[[sets]]", "dataset": "dataset (top level)",
+              "data_root": "data_root (top level)",
               "val": "val (top level)", "seeds": "seeds (top level)", "student": "students (top level)",
               "teacher": "[[teachers]]", "teacher_weights": "[[teachers]]"}
 
 
-TOP_KEYS = ("root", "dataset", "val", "seeds", "students", "teachers", "sets", "protocols", "grid", "select")
+TOP_KEYS = ("root", "dataset", "data_root", "val", "seeds", "students", "teachers", "sets", "protocols", "grid", "select")
 
 
 SET_KEYS = ("name", "path", "method", "ipc", "baseline")
@@ -116,6 +117,7 @@ class Sweep:
     select: Select | None
     overrides: dict[str, Any]  # Config keys at the top level: every run
     parallel_seeds: int = 1  # the sweep's default K (--parallel-seeds overrides it)
+    data_root: str | None = None  # absolute: where `dataset` lies (None: $RD3FAST_DATA, or a set that needs none)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -156,6 +158,7 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
     top = _overrides({k: v for k, v in raw.items() if k not in TOP_KEYS}, where, "the top level")
     parallel = top.pop("parallel_seeds", 1)
     dataset, val = _test_set(raw, base, where)
+    data_root = _data_root(raw, dataset, base, where)
     root = raw.get("root")
     seeds = config_mod.coerce("seeds", _list(raw, "seeds", where, default=[0]), label=f"{where}: seeds")
     try:
@@ -173,7 +176,8 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
     select = _select(raw.get("select"), grid, dataset, where)
     sweep = Sweep(path=str(where), root=str(base / _typed(root, str, where, "root")) if root is not None else None,
                   dataset=dataset, val=val, seeds=seeds, students=students, teachers=teachers, sets=sets,
-                  protocols=protocols, grid=grid, select=select, overrides=top, parallel_seeds=parallel)
+                  protocols=protocols, grid=grid, select=select, overrides=top, parallel_seeds=parallel,
+                  data_root=data_root)
     for s in sets:  # an unknown method under `own` is an error now, not when its runs come up
         for proto in protocols:
             try:
@@ -191,10 +195,26 @@ def _test_set(raw: dict[str, Any], base: Path, where: Path) -> tuple[str | None,
                        "val = \"FOLDER\"")
     if dataset is not None:
         if _typed(dataset, str, where, "dataset") not in BUILTIN:
-            raise RD3Error(f"{where}: dataset {dataset!r} is not a built-in set ({', '.join(BUILTIN)}); for a "
+            raise RD3Error(f"{where}: dataset {dataset!r} is not a dataset name ({', '.join(BUILTIN)}); for a "
                            "folder write val = \"FOLDER\"")
         return dataset, None
     return None, str(_path(base, _typed(val, str, where, "val"), where, "val", folder=True))
+
+
+def _data_root(raw: dict[str, Any], dataset: str | None, base: Path, where: Path) -> str | None:
+    """data_root = "DIR" (relative to the TOML's folder), else $RD3FAST_DATA; checked now against the
+    dataset, so a sweep whose data is not where it says fails before anything is planned."""
+    value = raw.get("data_root")
+    if value is not None and dataset is None:
+        raise RD3Error(f"{where}: data_root is where dataset = \"NAME\" lies; this sweep names val = \"FOLDER\"")
+    folder = str(_path(base, _typed(value, str, where, "data_root"), where, "data_root", folder=True)) \
+        if value is not None else None
+    if dataset is not None:
+        try:
+            locate(dataset, folder)
+        except RD3Error as e:
+            raise RD3Error(f"{where}: {e}".replace("--data-root", "data_root")) from None
+    return folder
 
 
 def _known(table: dict[str, Any], keys: Sequence[str], where: Path, what: str, config_keys: bool = False) -> None:
@@ -350,7 +370,7 @@ def _select(raw: Any, grid: dict[str, tuple], dataset: str | None, where: Path) 
     size = _typed(raw.get("size", 1000), int, where, "[select] size")
     seed = _typed(raw.get("seed", 0), int, where, "[select] seed")
     if dataset is None:
-        raise RD3Error(f"{where}: [select] carves its held-out split from a built-in training set; set dataset = "
+        raise RD3Error(f"{where}: [select] carves its held-out split from a dataset's training split; set dataset = "
                        f"\"NAME\" ({', '.join(BUILTIN)})")
     k = BUILTIN[dataset].num_classes
     if size < k or size % k or not 0 <= seed < config_mod.SEED_LIMIT:

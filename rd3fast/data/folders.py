@@ -124,12 +124,19 @@ def list_image_folder(root: str | Path, class_map: str | Path | None = None) -> 
 def folder_fingerprint(root: str | Path, class_map: str | Path | None = None) -> dict[str, Any]:
     """What an ImageFolder's decoded content depends on: path, classes, and each file's name, size, mtime
     (the key of its validation-cache entry and of its .beton)."""
-    listing = list_image_folder(root, class_map)
+    fp = listing_fingerprint(list_image_folder(root, class_map))
+    fp["class_map_sha256"] = hashlib.sha256(Path(class_map).read_bytes()).hexdigest() if class_map is not None else None
+    return fp
+
+
+def listing_fingerprint(listing: ImageList) -> dict[str, Any]:
+    """``folder_fingerprint`` of any listing (a folder's, or a dataset split's: Tiny-ImageNet's val images
+    labelled by val_annotations.txt, ImageNet's flat val folder labelled by its CSV): root, classes, and
+    each file's path relative to the root, label, size and mtime."""
     h = hashlib.sha256()
     base = Path(listing.root)
     for f, y in zip(listing.files, listing.labels):
         st = os.stat(f)
-        h.update(f"{Path(f).relative_to(base)}\t{y}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    cmap = hashlib.sha256(Path(class_map).read_bytes()).hexdigest() if class_map is not None else None
+        h.update(f"{os.path.relpath(f, base)}\t{y}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return {"root": str(base.resolve()), "classes": list(listing.classes), "files": len(listing.files),
-            "listing_sha256": h.hexdigest(), "class_map_sha256": cmap}
+            "listing_sha256": h.hexdigest(), "class_map_sha256": None}

@@ -10,12 +10,10 @@ or float copies around. The validation cache sits above this module (``valcache.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -23,17 +21,10 @@ from ..atomic import atomic_folder
 from ..errors import RD3Error
 from ..outputs import check_output_dir
 from .decode import Fit, decode_many, short_side
-from .folders import list_image_folder, read_class_map
-from .idx import read_idx
+from .datasets import BUILTIN, DEFAULT_VAL_RESIZE_RATIO, dataset_info, list_files, read_arrays
+from .folders import ImageList, list_image_folder, read_class_map
 from .pixels import resize_uint8
 from .tensors import CHUNK, is_mtt_folder, read_tensor_set
-
-DEFAULT_VAL_RESIZE_RATIO = 0.875  # ImageNet's Resize(256) -> CenterCrop(224)
-FASHION_MNIST_ENV = "RD3FAST_FASHION_MNIST"
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]
-
 
 @dataclass
 class ImageSet:
@@ -54,25 +45,6 @@ class ImageSet:
     @property
     def image_size(self) -> tuple[int, int]:
         return tuple(self.images.shape[-2:])
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Defaults of a built-in real set. mean/std are per channel of the 3-channel (expanded) images."""
-
-    name: str
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_classes: int
-    val_resize_ratio: float
-
-
-# mean/std measured on each train split at the default image_size, in [0, 1] units.
-BUILTIN: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 16, (0.3056,) * 3, (0.3188,) * 3, 10, 1.0),
-    "fashion-mnist": DatasetInfo("fashion-mnist", 28, (0.2860,) * 3, (0.3530,) * 3, 10, 1.0),
-}
 
 
 def expand_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -107,20 +79,22 @@ class FolderReader(Protocol):
     """How ``load_real`` turns a validation folder into an ImageSet once it has checked the arguments; the
     default decodes it now, ``valcache`` passes one that goes through its cache."""
 
-    def __call__(self, root: Path, *, image_size: int, resize_ratio: float, class_map: str | Path | None,
-                 workers: int | None, progress: bool) -> ImageSet: ...
+    def __call__(self, root: Path | ImageList, *, image_size: int, resize_ratio: float,
+                 class_map: str | Path | None, workers: int | None, progress: bool) -> ImageSet: ...
 
 
-def _read_folder(root: Path, fit: Fit, *, class_map: str | Path | None = None, workers: int | None = None,
-                 progress: bool = True) -> ImageSet:
-    """An ImageFolder decoded with PIL under ``fit``, in ``list_image_folder``'s order."""
-    listing = list_image_folder(root, class_map)
-    images = decode_many([Path(f) for f in listing.files], fit, workers, desc=f"decode {root}", progress=progress)
-    return ImageSet(images, torch.tensor(listing.labels, dtype=torch.int64), list(listing.classes), str(root))
+def _read_folder(root: Path | ImageList, fit: Fit, *, class_map: str | Path | None = None,
+                 workers: int | None = None, progress: bool = True) -> ImageSet:
+    """An ImageFolder (or a dataset's listing) decoded with PIL under ``fit``, in the listing's order."""
+    listing = root if isinstance(root, ImageList) else list_image_folder(root, class_map)
+    images = decode_many([Path(f) for f in listing.files], fit, workers, desc=f"decode {listing.root}",
+                         progress=progress)
+    return ImageSet(images, torch.tensor(listing.labels, dtype=torch.int64), list(listing.classes), listing.root)
 
 
-def decode_val_folder(root: Path, *, image_size: int, resize_ratio: float, class_map: str | Path | None = None,
-                      workers: int | None = None, progress: bool = True) -> ImageSet:
+def decode_val_folder(root: Path | ImageList, *, image_size: int, resize_ratio: float,
+                      class_map: str | Path | None = None, workers: int | None = None,
+                      progress: bool = True) -> ImageSet:
     """``load_real``'s default ``FolderReader``: the eval transform, decoded now."""
     check_resize_ratio(resize_ratio)
     return _read_folder(root, Fit.centre_crop(image_size, resize_ratio), class_map=class_map, workers=workers,
@@ -158,13 +132,15 @@ def load_distilled(path: str | Path, *, class_map: str | Path | None = None, loa
 
 def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: float = 0.0,
               class_map: str | Path | None = None, workers: int | None = None, progress: bool = True,
-              read_val_folder: FolderReader = decode_val_folder) -> ImageSet:
-    """A real set: built-in name (split "train" | "val", "test" = "val") or a validation ImageFolder.
+              read_val_folder: FolderReader = decode_val_folder, data_root: str | Path | None = None) -> ImageSet:
+    """A real set: a named dataset's split (``datasets.BUILTIN``; "test" = "val"; read from ``data_root`` or
+    $RD3FAST_DATA where it needs one) or a validation ImageFolder.
 
-    Built-ins are resized to image_size (0: the set's default) with torch bilinear+antialias. A folder
-    (split is ignored: the folder is the split) gets Resize(round(image_size / resize_ratio)) +
-    CenterCrop(image_size) per image, resize_ratio 0 meaning 0.875, from ``read_val_folder`` (default:
-    decoded now with PIL worker processes; ``valcache.load_real`` passes its cache).
+    Array sets (digits, MNIST, CIFAR) get Resize(round(size / ratio)) + CenterCrop(size) on the whole
+    tensor, image_size 0 and resize_ratio 0 meaning the set's defaults (a plain resize at ratio 1). File sets
+    (Tiny-ImageNet, the ImageNet family) and a folder (split is ignored: the folder is the split) get
+    Resize(round(image_size / resize_ratio)) + CenterCrop(image_size) per image from ``read_val_folder``
+    (default: decoded now with PIL worker processes; ``valcache.load_real`` passes its cache).
     """
     if image_size < 0:
         raise RD3Error(f"--image-size: expected an integer >= 0, got {image_size}")
@@ -172,11 +148,15 @@ def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: flo
         check_resize_ratio(resize_ratio)
     if source in BUILTIN:
         if class_map is not None:
-            raise RD3Error(f"--class-map applies to image folders; the built-in {source!r} has fixed classes")
+            raise RD3Error(f"--class-map applies to image folders; the dataset {source!r} has fixed classes")
         info = BUILTIN[source]
-        images, labels, classes = _BUILTIN_READERS[source](_split(source, split))
-        images = _builtin_fit(images, image_size or info.image_size, resize_ratio or info.val_resize_ratio)
-        return ImageSet(images, labels, classes, source)
+        size, ratio = image_size or info.image_size, resize_ratio or info.val_resize_ratio
+        if info.kind == "files":
+            listing = list_files(source, split, data_root)
+            return read_val_folder(listing, image_size=size, resize_ratio=ratio, class_map=None, workers=workers,
+                                   progress=progress)
+        images, labels, classes = read_arrays(source, split, data_root)
+        return ImageSet(_fit_arrays(images, size, ratio), labels, classes, source)
     p = Path(source)
     if p.is_dir():
         if image_size <= 0:
@@ -184,44 +164,58 @@ def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: flo
         return read_val_folder(p, image_size=image_size, resize_ratio=resize_ratio or DEFAULT_VAL_RESIZE_RATIO,
                                class_map=class_map, workers=workers, progress=progress)
     if p.exists():
-        raise RD3Error(f"real set {p} is a file; expected a built-in ({', '.join(BUILTIN)}) or an "
+        raise RD3Error(f"real set {p} is a file; expected a dataset name ({', '.join(BUILTIN)}) or an "
                        "ImageFolder directory")
-    raise RD3Error(f"unknown real set {source!r}: not a built-in ({', '.join(BUILTIN)}) "
+    raise RD3Error(f"unknown real set {source!r}: not a dataset name ({', '.join(BUILTIN)}) "
                    "and no such directory")
 
 
-def heldout_split(source: str, size: int, seed: int = 0, *, image_size: int = 0) -> ImageSet:
-    """``size`` images of built-in ``source``'s *training* split, drawn per class in equal shares (stratified)
-    with ``seed``: the split to choose hyper-parameters on instead of the test set."""
-    if source not in BUILTIN:
-        raise RD3Error(f"held-out split: {source!r} is not a built-in set ({', '.join(BUILTIN)}); a held-out "
-                       "split is carved from a built-in training set")
-    real = load_real(source, "train", image_size=image_size)
-    k = real.num_classes
-    if not 0 < size <= len(real.labels) or size % k:
-        raise RD3Error(f"held-out split of {source}: size {size} must be a positive multiple of its {k} classes "
-                       f"and at most {len(real.labels)}")
+def heldout_split(source: str, size: int, seed: int = 0, *, image_size: int = 0,
+                  data_root: str | Path | None = None, workers: int | None = None,
+                  progress: bool = True) -> ImageSet:
+    """``size`` images of dataset ``source``'s *training* split, drawn per class in equal shares (stratified)
+    with ``seed``: the split to choose hyper-parameters on instead of the test set. A file set (ImageNet) is
+    listed, and only the drawn files are decoded (with the eval transform: they are evaluated, not trained on)."""
+    info = dataset_info(source, "held-out split")
+    k = len(list_files(source, "train", data_root).classes) if info.kind == "files" else info.num_classes
+    if size <= 0 or size % k:
+        raise RD3Error(f"held-out split of {source}: size {size} must be a positive multiple of its {k} classes")
+    held = train_subset(source, size // k, seed, image_size=image_size, data_root=data_root, workers=workers,
+                        progress=progress, what="held-out split")
+    return ImageSet(held.images, held.labels, held.classes, f"{source}:train-heldout-{size}-seed{seed}")
+
+
+def train_subset(source: str, per_class: int, seed: int = 0, *, image_size: int = 0,
+                 data_root: str | Path | None = None, workers: int | None = None, progress: bool = True,
+                 what: str = "--max-per-class") -> ImageSet:
+    """``per_class`` images of each class of dataset ``source``'s training split, drawn with ``seed`` and
+    kept in the split's order. Array sets are read whole and indexed; file sets (ImageNet's 1.28 M files)
+    are listed and only the drawn files decoded, Resize + CenterCrop to ``image_size`` (0: the set's)."""
+    info = dataset_info(source, what)
+    if info.kind == "files":
+        listing = list_files(source, "train", data_root)
+        labels = torch.tensor(listing.labels, dtype=torch.int64)
+    else:
+        real = load_real(source, "train", image_size=image_size, data_root=data_root)
+        labels = real.labels
     g = torch.Generator().manual_seed(seed)
     picks = []
-    for c in range(k):
-        members = torch.nonzero(real.labels == c).flatten()
-        if len(members) < size // k:
-            raise RD3Error(f"held-out split of {source}: class {c} has only {len(members)} training images")
-        picks.append(members[torch.randperm(len(members), generator=g)[:size // k]])
+    for c in range(len(listing.classes) if info.kind == "files" else real.num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < per_class:
+            raise RD3Error(f"{what} of {source}: class {c} has only {len(members)} training images, "
+                           f"{per_class} needed")
+        picks.append(members[torch.randperm(len(members), generator=g)[:per_class]])
     index = torch.sort(torch.cat(picks)).values
-    return ImageSet(real.images[index].contiguous(), real.labels[index], real.classes,
-                    f"{source}:train-heldout-{size}-seed{seed}")
+    if info.kind == "files":
+        chosen = ImageList(tuple(listing.files[i] for i in index.tolist()),
+                           tuple(listing.labels[i] for i in index.tolist()), listing.classes, listing.root)
+        return decode_val_folder(chosen, image_size=image_size or info.image_size,
+                                 resize_ratio=info.val_resize_ratio, workers=workers, progress=progress)
+    return ImageSet(real.images[index].contiguous(), real.labels[index], real.classes, real.source)
 
 
-def _split(source: str, split: str) -> str:
-    if split in ("train", "val"):
-        return split
-    if split == "test":
-        return "val"  # the built-ins have one held-out split; "test" is its usual name for fashion-mnist
-    raise RD3Error(f"{source}: unknown split {split!r}; expected train or val")
-
-
-def _builtin_fit(x: torch.Tensor, image_size: int, ratio: float) -> torch.Tensor:
+def _fit_arrays(x: torch.Tensor, image_size: int, ratio: float) -> torch.Tensor:
     """Resize(round(size / ratio)) + CenterCrop(size) on square uint8 tensors (ratio 1: a plain resize)."""
     short = short_side(image_size, ratio)
     x = resize_uint8(x, short, CHUNK)
@@ -229,52 +223,6 @@ def _builtin_fit(x: torch.Tensor, image_size: int, ratio: float) -> torch.Tensor
         return x
     top = int(round((short - image_size) / 2.0))
     return x[..., top:top + image_size, top:top + image_size].contiguous()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Built-in real sets
-# ---------------------------------------------------------------------------------------------------
-def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """sklearn's 8x8 digits (bundled with sklearn, no download), a fixed stratified 70/30 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    train, val = train_test_split(np.arange(len(d.target)), test_size=0.3, random_state=0, stratify=d.target)
-    index = np.sort(train if split == "train" else val)  # keep the dataset's order within a split
-    pixels = np.rint(d.images[index] * (255.0 / 16.0)).astype(np.uint8)  # values are 0..16
-    images = torch.from_numpy(pixels).unsqueeze(1).contiguous()
-    labels = torch.from_numpy(d.target[index].astype(np.int64))
-    return images, labels, [str(i) for i in range(10)]
-
-
-def fashion_mnist_dir() -> Path:
-    return Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
-
-
-def _idx_file(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    raise RD3Error(f"fashion-mnist: {folder} has no {stem}(.gz); install the set with `apt-get install "
-                   f"dataset-fashion-mnist` or point {FASHION_MNIST_ENV} at a folder holding the idx files")
-
-
-def _fashion_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    folder = fashion_mnist_dir()
-    prefix = "train" if split == "train" else "t10k"
-    image_file = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
-    label_file = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
-    images = read_idx(image_file, 3)
-    labels = read_idx(label_file, 1)
-    if len(images) != len(labels):
-        raise RD3Error(f"fashion-mnist: {image_file} holds {len(images)} images but {label_file} "
-                       f"{len(labels)} labels")
-    return (torch.from_numpy(images).unsqueeze(1).contiguous(), torch.from_numpy(labels).to(torch.int64),
-            list(FASHION_MNIST_CLASSES))
-
-
-_BUILTIN_READERS = {"digits": _digits, "fashion-mnist": _fashion_mnist}
 
 
 def write_image_folder(images: ImageSet, out: str | Path) -> Path:

@@ -36,15 +36,15 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..atomic import atomic_tmp
+from ..atomic import atomic_tmp, atomic_write
 from ..cachedir import CACHE_ENV, cache_root
-from ..errors import RD3Error
+from ..errors import Interrupted, RD3Error
 from ..lock import OutputLock
 from ..progress import bar
 from . import sets as data
 from .backends import make_reader
 from .decode import Fit, decoded
-from .folders import ImageList, folder_fingerprint, list_image_folder
+from .folders import ImageList, folder_fingerprint, list_image_folder, listing_fingerprint
 from .sets import ImageSet
 
 TRANSFORM_VERSION = 1  # bump whenever the decode geometry or a decoder's settings change
@@ -52,15 +52,17 @@ DECODERS = ("pil", "dali", "ffcv")
 SCHEMA = 1
 PARALLEL_MIN = 64  # files above which the PIL decode into the cache uses worker processes
 BATCH = 256  # images per write into the cache file
+NOTE_EVERY = 8  # batches between notes of a partial entry's progress (what an interrupted build resumes from)
 
 
-def cache_key(root: str | Path, image_size: int, resize_ratio: float, decoder: str = "pil",
+def cache_key(root: str | Path | ImageList, image_size: int, resize_ratio: float, decoder: str = "pil",
               class_map: str | Path | None = None) -> tuple[str, dict[str, Any]]:
-    """(hex key, the dict it hashes) for one folder + transform + decoder."""
+    """(hex key, the dict it hashes) for one folder (or a dataset split's listing) + transform + decoder."""
     decoder = resolve_decoder(decoder)
     if decoder not in DECODERS:
         raise RD3Error(f"--loader: the validation decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-    desc = {"kind": "val-centre-crops", "source": folder_fingerprint(root, class_map), "image_size": int(image_size),
+    source = listing_fingerprint(root) if isinstance(root, ImageList) else folder_fingerprint(root, class_map)
+    desc = {"kind": "val-centre-crops", "source": source, "image_size": int(image_size),
             "resize_ratio": float(resize_ratio), "decoder": decoder, "transform_version": TRANSFORM_VERSION}
     blob = json.dumps(desc, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:32], desc
@@ -82,16 +84,17 @@ def _paths(entry: Path) -> tuple[Path, Path, Path]:
     return entry.with_suffix(".npy"), entry.with_suffix(".labels.npy"), entry.with_suffix(".json")
 
 
-def _uint8_batches(root: Path, listing: ImageList, image_size: int, resize_ratio: float, decoder: str,
+def _uint8_batches(root: Path | ImageList, listing: ImageList, image_size: int, resize_ratio: float, decoder: str,
                    workers: int | None, device: str | torch.device, class_map: str | Path | None,
-                   batch_size: int = BATCH) -> Iterator[tuple[int, np.ndarray]]:
-    """(offset, uint8 B x 3 x S x S) in listing order from the chosen decoder."""
+                   batch_size: int = BATCH, skip: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, uint8 B x 3 x S x S) in listing order from the chosen decoder; PIL starts at image ``skip``
+    (a resumed build), the readers always at 0."""
     if decoder == "pil":
         n = len(listing.files)
-        files = [Path(f) for f in listing.files]
+        files = [Path(f) for f in listing.files[skip:]]
         with decoded(files, Fit.centre_crop(image_size, resize_ratio), workers, PARALLEL_MIN) as arrays:
-            buf = np.empty((min(batch_size, n), 3, image_size, image_size), np.uint8)
-            start = fill = 0
+            buf = np.empty((max(1, min(batch_size, n - skip)), 3, image_size, image_size), np.uint8)
+            start, fill = skip, 0
             for arr in arrays:
                 if arr.shape[:2] != (image_size, image_size):  # cannot happen with a centre crop; be loud
                     raise RD3Error(f"decoded crop has shape {arr.shape}, expected {image_size}x{image_size}")
@@ -110,7 +113,7 @@ def _uint8_batches(root: Path, listing: ImageList, image_size: int, resize_ratio
     for x, y in reader:
         arr = x.cpu().numpy()
         if y.cpu().tolist() != list(listing.labels[start:start + len(arr)]):
-            raise RD3Error(f"{root}: the {decoder} reader's labels disagree with the folder listing at image {start}")
+            raise RD3Error(f"{listing.root}: the {decoder} reader's labels disagree with the listing at image {start}")
         yield start, arr
         start += len(arr)
 
@@ -160,11 +163,12 @@ def _reserved_memmap(path: Path, shape: tuple[int, ...], cache_dir: str | Path |
     return np.lib.format.open_memmap(path, mode="r+")
 
 
-def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: str = "pil",
+def build(root: str | Path | ImageList, *, image_size: int, resize_ratio: float, decoder: str = "pil",
           class_map: str | Path | None = None, workers: int | None = None,
           device: str | torch.device | None = None, cache_dir: str | Path | None = None,
           progress: bool = True) -> Path:
-    """Decode ``root`` once into the cache (if its entry is missing); returns the entry's .npy path.
+    """Decode ``root`` (a folder, or a dataset split's listing) once into the cache (if its entry is missing);
+    returns the entry's .npy path.
     ``device`` is where DALI decodes (default: the GPU when there is one). ``progress``: a bar per batch
     written (on a terminal). The cache folder is checked before anything is decoded, its space reserved
     before anything is written, and on any failure or interrupt no file of the entry is left behind."""
@@ -189,43 +193,71 @@ def build(root: str | Path, *, image_size: int, resize_ratio: float, decoder: st
                             device=device, progress=progress)
 
 
-def _build_entry(root: str | Path, finals: tuple[Path, Path, Path], key: str, desc: dict[str, Any], folder: Path,
-                 cache_dir: str | Path | None, *,
+def _build_entry(root: str | Path | ImageList, finals: tuple[Path, Path, Path], key: str, desc: dict[str, Any],
+                 folder: Path, cache_dir: str | Path | None, *,
                  image_size: int, resize_ratio: float, decoder: str, class_map: str | Path | None,
                  workers: int | None, device: torch.device, progress: bool) -> Path:
+    """Decode into ``<entry>.partial.npy``, noting in ``<entry>.partial.json`` how many images it holds (every
+    few batches, after they are written). An interrupted build (Ctrl-C, SIGTERM, kill -9) leaves both, and
+    the next build of the same entry continues after the last noted image instead of starting over (PIL
+    decoder; the DALI/FFCV readers start over). A failure (a bad image, a full disk) removes them: nothing
+    half-written is kept that could not be finished."""
     npy, labels_npy, meta = finals
     entry = npy.with_suffix("")
-    listing = list_image_folder(root, class_map)
+    listing = root if isinstance(root, ImageList) else list_image_folder(root, class_map)
+    name = listing.root
     n = len(listing.files)
+    shape = (n, 3, image_size, image_size)
+    part_npy, part_json = entry.with_suffix(".partial.npy"), entry.with_suffix(".partial.json")
     tmps: list[Path] = []
     replaced: list[Path] = []
     t0 = time.perf_counter()
+    done = keep = 0
+    out: np.memmap | None = None
     try:
-        for f in finals:  # one by one, so the ones made before a failure are cleaned up
+        done = _resume_point(part_npy, part_json, key, shape) if decoder == "pil" else 0
+        if done:
+            out = np.lib.format.open_memmap(part_npy, mode="r+")
+            print(f"rd3fast: resuming the validation cache entry {entry.name} of {name} at image {done} of {n}",
+                  flush=True)
+        else:
+            part_json.unlink(missing_ok=True)
+            part_npy.write_bytes(b"")
+            out = _reserved_memmap(part_npy, shape, cache_dir)
+        for f in finals[1:]:  # one by one, so the ones made before a failure are cleaned up
             tmps.append(atomic_tmp(f))
-        tmp_npy, tmp_labels, tmp_meta = tmps
-        out = _reserved_memmap(tmp_npy, (n, 3, image_size, image_size), cache_dir)
-        done = 0
+        tmp_labels, tmp_meta = tmps
         # closing: an error or interrupt stops the decoder's worker pool now, not when the traceback is freed.
-        with contextlib.closing(_uint8_batches(Path(root), listing, image_size, resize_ratio, decoder, workers,
-                                               device, class_map)) as batches:
-            for start, arr in bar(batches, total=math.ceil(n / BATCH), desc=f"decode {root} once ({decoder})",
-                                  unit="batch", enabled=progress):
+        source = root if isinstance(root, ImageList) else Path(root)
+        skip = done
+        with contextlib.closing(_uint8_batches(source, listing, image_size, resize_ratio, decoder, workers, device,
+                                               class_map, batch_size=BATCH, skip=skip)) as batches:
+            for i, (start, arr) in enumerate(bar(batches, total=math.ceil((n - skip) / BATCH),
+                                                 desc=f"decode {name} once ({decoder})", unit="batch",
+                                                 enabled=progress)):
                 out[start:start + len(arr)] = arr
                 done = start + len(arr)
+                if i % NOTE_EVERY == NOTE_EVERY - 1:
+                    _note(out, part_json, key, shape, done)
         if done != n:
-            raise RD3Error(f"{root}: the {decoder} decoder returned {done} images for {n} files")
+            raise RD3Error(f"{name}: the {decoder} decoder returned {done} images for {n} files")
         out.flush()
-        del out
+        out = None  # unmapped before the file is renamed
         with open(tmp_labels, "wb") as f:  # a file object: np.save would append .npy to a name
             np.save(f, np.asarray(listing.labels, dtype=np.int64), allow_pickle=False)
         record = {"schema": SCHEMA, "key": key, **desc, "images": n, "decode_s": time.perf_counter() - t0,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         tmp_meta.write_text(json.dumps(record, indent=1))
         # The .json is the commit marker: replaced last, so a half-written entry is never read.
-        for tmp, final in zip(tmps, finals):
+        for tmp, final in zip([part_npy, *tmps], finals):
             os.replace(tmp, final)
             replaced.append(final)
+        part_json.unlink(missing_ok=True)
+    except (KeyboardInterrupt, Interrupted):
+        if done and out is not None:  # keep what is decoded: the next build goes on from here
+            _note(out, part_json, key, shape, done)
+            keep = 1
+        raise
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _no_space(folder, n * 3 * image_size * image_size, cache_dir) from None
@@ -235,10 +267,33 @@ def _build_entry(root: str | Path, finals: tuple[Path, Path, Path], key: str, de
     finally:
         for t in tmps:
             t.unlink(missing_ok=True)
+        if not keep and len(replaced) < len(finals):
+            part_npy.unlink(missing_ok=True)
+            part_json.unlink(missing_ok=True)
         if len(replaced) < len(finals):  # without its .json the rest is no entry: leave nothing half-written
             for f in replaced:
                 f.unlink(missing_ok=True)
     return npy
+
+
+def _note(out: np.memmap, part_json: Path, key: str, shape: tuple[int, ...], done: int) -> None:
+    """Record that the partial entry holds its first ``done`` images (written to the file first)."""
+    out.flush()
+    with atomic_write(part_json) as tmp:
+        tmp.write_text(json.dumps({"key": key, "shape": list(shape), "done": done}))
+
+
+def _resume_point(part_npy: Path, part_json: Path, key: str, shape: tuple[int, ...]) -> int:
+    """How many images a partial entry left by an interrupted build holds (0: none, or not this build's)."""
+    try:
+        note = json.loads(part_json.read_text())
+        arr = np.load(part_npy, mmap_mode="r")
+        ok = note.get("key") == key and tuple(note.get("shape", ())) == shape and arr.shape == shape
+        done = int(note.get("done", 0)) if ok else 0
+        del arr
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+    return done if 0 < done <= shape[0] else 0
 
 
 def load(npy: str | Path) -> ImageSet:
@@ -266,7 +321,7 @@ def load(npy: str | Path) -> ImageSet:
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes, root)
 
 
-def cached_real(root: str | Path, *, image_size: int, resize_ratio: float, decoder: str = "pil",
+def cached_real(root: str | Path | ImageList, *, image_size: int, resize_ratio: float, decoder: str = "pil",
                 class_map: str | Path | None = None, workers: int | None = None,
                 device: str | torch.device | None = None, cache_dir: str | Path | None = None,
                 progress: bool = True) -> ImageSet:
@@ -278,14 +333,14 @@ def cached_real(root: str | Path, *, image_size: int, resize_ratio: float, decod
 
 def load_real(source: str, split: str, *, image_size: int = 0, resize_ratio: float = 0.0,
               class_map: str | Path | None = None, workers: int | None = None, cache: bool | str = "auto",
-              decoder: str = "pil", progress: bool = True) -> ImageSet:
+              decoder: str = "pil", progress: bool = True, data_root: str | Path | None = None) -> ImageSet:
     """``data.load_real`` (same arguments and checks), a validation folder read through the cache unless
     ``cache`` is off: True/"auto"/"on": the default cache dir, a path: that dir, False/"off": decode now.
     ``decoder`` (pil | dali | ffcv | auto) decodes a folder missing from the cache (3-channel images)."""
     if cache in (False, None, "", "off"):
         return data.load_real(source, split, image_size=image_size, resize_ratio=resize_ratio,
-                              class_map=class_map, workers=workers, progress=progress)
+                              class_map=class_map, workers=workers, progress=progress, data_root=data_root)
     cache_dir = None if cache in (True, "auto", "on") else str(cache)
     return data.load_real(source, split, image_size=image_size, resize_ratio=resize_ratio, class_map=class_map,
-                          workers=workers, progress=progress,
+                          workers=workers, progress=progress, data_root=data_root,
                           read_val_folder=partial(cached_real, decoder=decoder, cache_dir=cache_dir))

@@ -14,6 +14,7 @@ import torch
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config
 from ..data import sets as data
 from ..data import valcache
+from ..data.datasets import BUILTIN, dataset_info, locate
 from ..data.folders import class_names
 from ..data.sets import ImageSet
 from ..data.zca import ZCA, fit_pixels
@@ -61,15 +62,12 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     validation decode last: it may write a validation-cache entry, which a run failing on any of those
     must not leave behind."""
     if cfg.dataset is None and cfg.val is None:
-        raise RD3Error("no validation set: pass --dataset NAME (digits, fashion-mnist) or --val FOLDER")
+        raise RD3Error(f"no validation set: pass --dataset NAME ({', '.join(BUILTIN)}) or --val FOLDER")
     if cfg.dataset is not None and cfg.val is not None:
         raise RD3Error("--dataset and --val both given: pick one validation set")
-    info = None
-    if cfg.dataset is not None:
-        if cfg.dataset not in data.BUILTIN:
-            raise RD3Error(f"--dataset: unknown built-in set {cfg.dataset!r}; expected one of "
-                           f"{', '.join(data.BUILTIN)} (or --val FOLDER)")
-        info = data.BUILTIN[cfg.dataset]
+    info = dataset_info(cfg.dataset) if cfg.dataset is not None else None
+    if info is not None:
+        locate(cfg.dataset, cfg.data_root)  # a missing --data-root or layout is said now, before any decode
     mean = _three(cfg.mean or (info.mean if info else IMAGENET_MEAN))
     std = _three(cfg.std or (info.std if info else IMAGENET_STD))
     if cfg.zca:
@@ -115,7 +113,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
 
     # Real folders are decoded once into the uint8 validation cache (valcache); built-ins are not cached.
     val = valcache.load_real(val_source, "val", image_size=size, resize_ratio=ratio, cache=cfg.val_cache,
-                             decoder=cfg.loader, progress=progress)
+                             decoder=cfg.loader, progress=progress, data_root=cfg.data_root)
     data.check_num_classes(f"validation set {val.source}", val.num_classes, k, val_hint)
     zca = _fit_zca(cfg, device, progress) if cfg.zca else None
     return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
@@ -150,10 +148,11 @@ def _fit_zca(cfg: Config, device: torch.device, progress: bool) -> ZCA:
     under --zca), as MTT/DD-Ranking fit kornia's ZCAWhitening(eps=0.1) on their ToTensor() training set."""
     source = cfg.zca_train or cfg.dataset
     if source is None:
-        raise RD3Error("--zca: which real training set to fit the whitening on? pass --zca-train (a built-in "
+        raise RD3Error("--zca: which real training set to fit the whitening on? pass --zca-train (a dataset "
                        "name, an ImageFolder or a tensor file)")
-    if source in data.BUILTIN:
-        real = data.load_real(source, "train", image_size=cfg.image_size)
+    if source in BUILTIN:  # its training split, from --data-root
+        real = data.load_real(source, "train", image_size=cfg.image_size, data_root=cfg.data_root,
+                              progress=progress)
     else:
         real = data.load_distilled(source, load_size=cfg.image_size, progress=progress)
     if real.images.dtype != torch.uint8:

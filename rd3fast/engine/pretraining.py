@@ -16,13 +16,17 @@ import torch
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config, describe
 from ..data import valcache
 from ..data.backends import make_reader, resolve_loader
-from ..data.sets import BUILTIN, ImageSet, load_real
+from ..data.datasets import dataset_info, is_file_set
+from ..data.sets import ImageSet, load_real
 from ..errors import RD3Error
 from ..lock import OutputLock
 from .checkpoint import Checkpointing, StopRequest
 from .experiment import Experiment, pick_device, prepare
 from .models import save_weights
 from .train import StreamSource, train
+
+
+STREAMED_SETS = ("imagenet",)  # file sets pre-trained streamed, never decoded whole into memory
 
 
 def pretrain(cfg: Config, out: str | Path, train_set: ImageSet | None = None, progress: bool = True,
@@ -32,7 +36,8 @@ def pretrain(cfg: Config, out: str | Path, train_set: ImageSet | None = None, pr
     if train_set is None:
         if cfg.dataset is None:
             raise RD3Error("pretrain: pass --dataset NAME or --train FOLDER")
-        train_set = load_real(cfg.dataset, "train", image_size=cfg.image_size)
+        train_set = load_real(cfg.dataset, "train", image_size=cfg.image_size, data_root=cfg.data_root,
+                              progress=progress)
     exp = prepare(cfg.replace(loss="ce", teacher=(), teacher_weights=()), train_set=train_set, progress=progress)
     if verbose:
         print(f"== pre-training {exp.cfg.student} on {train_set.source} ({len(train_set.images)} images) ==\n"
@@ -42,10 +47,17 @@ def pretrain(cfg: Config, out: str | Path, train_set: ImageSet | None = None, pr
 
 def wants_streaming(loader: str, train_source: str | None, dataset: str | None, device: torch.device) -> str | None:
     """The backend to stream with, or None for the resident path. A .beton streams (ffcv); a folder streams
-    with dali/ffcv (auto: DALI on CUDA); a built-in streams only with ``--loader ffcv`` (via its .beton)."""
+    with dali/ffcv (auto: DALI on CUDA); ImageNet-size file sets (imagenet) always stream (auto: DALI on
+    CUDA, else PIL workers), other file sets (Tiny-ImageNet, ImageNette) with dali/ffcv; an array set
+    streams only with ``--loader ffcv`` (via its .beton)."""
     if train_source is not None:
         backend = resolve_loader(loader, device, train_source)
         return None if backend == "pil" else backend  # pil: the resident path (PIL worker processes)
+    if dataset is not None and is_file_set(dataset):
+        backend = resolve_loader(loader, device)
+        if dataset in STREAMED_SETS:
+            return backend  # 1.28 M images do not fit in memory decoded: every epoch is read from disk
+        return None if backend == "pil" else backend
     if dataset is not None and loader == "ffcv":
         return "ffcv"
     if dataset is not None and loader == "dali":
@@ -64,9 +76,7 @@ def pretrain_streaming(cfg: Config, out: str | Path, source: str, backend: str, 
                        "--patch-shuffle 1 (the pretrain preset's values)")
     if cfg.dataset is None and cfg.val is None:
         raise RD3Error("no validation set: pass --dataset NAME or --val FOLDER")
-    info = BUILTIN.get(cfg.dataset) if cfg.dataset else None
-    if cfg.dataset is not None and info is None:
-        raise RD3Error(f"--dataset: unknown built-in set {cfg.dataset!r}; expected one of {', '.join(BUILTIN)}")
+    info = dataset_info(cfg.dataset) if cfg.dataset else None
     size = cfg.image_size or (info.image_size if info else 0)
     if size <= 0:
         raise RD3Error("--image-size: streaming pre-training from a folder needs the training resolution "
@@ -78,12 +88,13 @@ def pretrain_streaming(cfg: Config, out: str | Path, source: str, backend: str, 
     reader = make_reader(backend, source, mode="train", image_size=size, resize_ratio=ratio, mean=mean, std=std,
                          batch_size=cfg.batch_size, device=dev, class_map=cfg.class_map, seed=cfg.seeds[0],
                          crop=cfg.crop, rrc_scale=cfg.rrc_scale, rrc_ratio=cfg.rrc_ratio,
-                         crop_padding=cfg.crop_padding, flip_p=cfg.flip_p, drop_last=cfg.drop_last, split="train")
+                         crop_padding=cfg.crop_padding, flip_p=cfg.flip_p, drop_last=cfg.drop_last, split="train",
+                         data_root=cfg.data_root)
     classes = list(reader.classes)
     k = len(classes)
     val_source = cfg.dataset if cfg.dataset is not None else cfg.val
     val = valcache.load_real(val_source, "val", image_size=size, resize_ratio=ratio, cache=cfg.val_cache,
-                             decoder=cfg.loader, progress=progress)
+                             decoder=cfg.loader, progress=progress, data_root=cfg.data_root)
     if val.num_classes != k:
         raise RD3Error(f"validation set {val.source} has {val.num_classes} classes but {source} has {k}")
     if cfg.num_classes and cfg.num_classes != k:

@@ -24,7 +24,8 @@ import torch
 
 from ...errors import RD3Error
 from ..backends.common import BACKENDS, CROPS, LOADERS, MODES, Reader, available, check_args, require
-from ..folders import list_image_folder
+from ..datasets import BUILTIN, is_file_set, list_files
+from ..folders import ImageList, list_image_folder
 
 
 def resolve_loader(name: str, device: torch.device | str, source: str | Path | None = None) -> str:
@@ -42,16 +43,17 @@ def resolve_loader(name: str, device: torch.device | str, source: str | Path | N
     return "pil"
 
 
-def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_size: int,
+def make_reader(backend: str, source: str | Path | ImageList, *, mode: str = "val", image_size: int,
                 resize_ratio: float = 0.875, mean: Sequence[float] = (0.485, 0.456, 0.406),
                 std: Sequence[float] = (0.229, 0.224, 0.225), batch_size: int = 256,
                 device: torch.device | str = "cpu", class_map: str | Path | None = None, seed: int = 0,
                 workers: int | None = None, crop: str = "rrc", rrc_scale: Sequence[float] = (0.08, 1.0),
                 rrc_ratio: Sequence[float] = (3 / 4, 4 / 3), crop_padding: int = 4, flip_p: float = 0.5,
-                drop_last: bool = False, output: str = "float", split: str | None = None) -> Reader:
-    """One reader over an ImageFolder (pil, dali) or a .beton file / ImageFolder (ffcv; a folder is written
-    to a .beton in the cache first; so is a built-in name, its ``split`` defaulting to the mode's). Arguments
-    as in the module docstring."""
+                drop_last: bool = False, output: str = "float", split: str | None = None,
+                data_root: str | Path | None = None) -> Reader:
+    """One reader over an ImageFolder, a listing, or a named dataset (pil, dali: a file set's split,
+    ``split`` defaulting to the mode's) or a .beton file (ffcv; anything else is written to a .beton in the
+    cache first). ``data_root``: where a named dataset lies. Arguments as in the module docstring."""
     kw = dict(mode=mode, image_size=image_size, resize_ratio=resize_ratio, mean=mean, std=std,
               batch_size=batch_size, device=device, seed=seed, workers=workers, crop=crop, rrc_scale=rrc_scale,
               rrc_ratio=rrc_ratio, crop_padding=crop_padding, flip_p=flip_p, drop_last=drop_last, output=output)
@@ -61,9 +63,10 @@ def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_si
 
         split = split or ("val" if mode == "val" else "train")
         beton = Path(source) if str(source).endswith(".beton") else beton_for(source, split=split,
-                                                                               class_map=class_map)
+                                                                               class_map=class_map,
+                                                                               data_root=data_root)
         return FFCVReader(beton, **kw)
-    listing = list_image_folder(source, class_map)
+    listing = listing_of(source, class_map, split or ("val" if mode == "val" else "train"), data_root)
     if backend == "dali":
         from ..backends.dali import DALIReader
 
@@ -75,5 +78,19 @@ def make_reader(backend: str, source: str | Path, *, mode: str = "val", image_si
     raise RD3Error(f"--loader: expected one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-__all__ = ["BACKENDS", "CROPS", "LOADERS", "MODES", "Reader", "available", "make_reader", "require",
+def listing_of(source: str | Path | ImageList, class_map: str | Path | None = None, split: str = "train",
+               data_root: str | Path | None = None) -> ImageList:
+    """The files and labels a reader reads: a listing as it is, a named file dataset's split (Tiny-ImageNet,
+    the ImageNet family) from its native layout, or an ImageFolder's listing."""
+    if isinstance(source, ImageList):
+        return source
+    if str(source) in BUILTIN:
+        if not is_file_set(str(source)):
+            raise RD3Error(f"{source} is read whole into memory (an array set), not streamed by a reader; "
+                           "use --loader ffcv (its .beton) or the resident path")
+        return list_files(str(source), split, data_root)
+    return list_image_folder(source, class_map)
+
+
+__all__ = ["listing_of", "BACKENDS", "CROPS", "LOADERS", "MODES", "Reader", "available", "make_reader", "require",
            "resolve_loader"]

@@ -33,8 +33,9 @@ from ...cachedir import cache_root
 from ...errors import RD3Error
 from ..backends.common import finish, require
 from ..decode import default_workers
-from ..folders import ImageList, folder_fingerprint, list_image_folder
-from ..sets import BUILTIN, load_real
+from ..folders import ImageList, folder_fingerprint, list_image_folder, listing_fingerprint
+from ..datasets import BUILTIN, is_file_set, list_files, resolve_root
+from ..sets import load_real
 
 WRITE_MODES = ("raw", "jpg")
 
@@ -83,8 +84,9 @@ class _ArrayItems:
 
 def write_beton(source: str | Path, out: str | Path, *, split: str = "train", write_mode: str = "raw",
                 jpeg_quality: int = 90, max_resolution: int | None = None, class_map: str | Path | None = None,
-                workers: int | None = None, image_size: int = 0) -> Path:
-    """Write ``source`` (an ImageFolder, or a built-in name + ``split``) to the .beton ``out`` (+ .json).
+                workers: int | None = None, image_size: int = 0, data_root: str | Path | None = None) -> Path:
+    """Write ``source`` (an ImageFolder, or a dataset name + ``split``, found under ``data_root``) to the
+    .beton ``out`` (+ .json).
 
     write_mode raw stores pixels, jpg JPEG-compresses them at ``jpeg_quality``; ``max_resolution`` caps the
     longer side (FFCV's writer, INTER_AREA). Built-ins are written at ``image_size`` (0: their default)."""
@@ -100,12 +102,13 @@ def write_beton(source: str | Path, out: str | Path, *, split: str = "train", wr
     if out.suffix != ".beton":
         raise RD3Error(f"--out {out}: an FFCV file must end in .beton")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if str(source) in BUILTIN:
-        real = load_real(str(source), split, image_size=image_size)
+    if str(source) in BUILTIN and not is_file_set(str(source)):
+        real = load_real(str(source), split, image_size=image_size, data_root=data_root)
         items: Any = _ArrayItems(real.images, real.labels)
         classes, origin = list(real.classes), f"{source}:{split}"
     else:
-        listing = list_image_folder(source, class_map)
+        listing = (list_files(str(source), split, data_root) if str(source) in BUILTIN
+                   else list_image_folder(source, class_map))
         classes, origin = list(listing.classes), str(Path(listing.root).resolve())
         items = None
     tmp = str(atomic_tmp(out))
@@ -143,22 +146,28 @@ def read_meta(beton: str | Path) -> dict[str, Any]:
         raise RD3Error(f"cannot read {p}: {e}") from None
 
 def beton_for(source: str | Path, *, split: str = "train", class_map: str | Path | None = None,
+              data_root: str | Path | None = None,
               write_mode: str | None = None, jpeg_quality: int = 95, max_resolution: int | None = None,
               cache_dir: str | Path | None = None, workers: int | None = None) -> Path:
     """The .beton of ``source`` in the cache (``<cache>/beton/<key>.beton``), written on first use. The key
     covers the folder listing (names, sizes, mtimes) or the built-in + split, and the write settings.
     write_mode None: raw for built-ins (small, lossless), jpg (quality 95) for folders (raw pixels of a
     large JPEG folder would take ~10x its size)."""
+    arrays = str(source) in BUILTIN and not is_file_set(str(source))
     if write_mode is None:
-        write_mode = "raw" if str(source) in BUILTIN else "jpg"
-
-    origin: Any = f"{source}:{split}" if str(source) in BUILTIN else folder_fingerprint(source, class_map)
+        write_mode = "raw" if arrays else "jpg"
+    if arrays:  # the arrays' content: what the named set holds under this data root
+        origin: Any = {"dataset": f"{source}:{split}", "data_root": str(resolve_root(str(source), data_root))}
+    elif str(source) in BUILTIN:
+        origin = listing_fingerprint(list_files(str(source), split, data_root))
+    else:
+        origin = folder_fingerprint(source, class_map)
     blob = json.dumps({"source": origin, "write_mode": write_mode, "jpeg_quality": jpeg_quality,
                        "max_resolution": max_resolution, "ffcv_schema": 1}, sort_keys=True).encode()
     out = cache_root(cache_dir) / "beton" / (hashlib.sha256(blob).hexdigest()[:32] + ".beton")
     if not (out.is_file() and Path(str(out) + ".json").is_file()):
         write_beton(source, out, split=split, write_mode=write_mode, jpeg_quality=jpeg_quality,
-                    max_resolution=max_resolution, class_map=class_map, workers=workers)
+                    max_resolution=max_resolution, class_map=class_map, workers=workers, data_root=data_root)
     return out
 
 class FFCVReader:
