@@ -60,6 +60,9 @@ class Config:
     val_cache: str = "auto"  # val folder centre crops cached as uint8 .npy: auto (~/.cache/rd3fast) | off | DIR
     loader: str = "auto"  # real-image reader: auto | pil | dali | ffcv (val decode; pretrain --train streaming)
     mean: tuple[float, ...] = ()  # per-channel normalization mean; (): the dataset's
+    # grayscale sets (MNIST, Fashion-MNIST, digits, a gray folder): 3 = expanded for 3-channel networks;
+    # 1 = kept one channel, MTT's ConvNet (first conv padding 3), as DC/DM/MTT evaluate them
+    gray_channels: int = 3
     std: tuple[float, ...] = ()  # per-channel normalization std; (): the dataset's
     # --- models -----------------------------------------------------------------------------------
     student: str = "resnet18"  # student architecture (torchvision/timm name, *-cifar stem, convnet-dN)
@@ -223,6 +226,8 @@ def validate(cfg: Config) -> None:
             f"--teacher-weights: got {len(cfg.teacher_weights)} file(s) for {len(cfg.teacher)} teacher(s) "
             f"({', '.join(cfg.teacher)}); give one --teacher-weights per --teacher"
         )
+    if cfg.gray_channels not in (1, 3):
+        raise RD3Error(f"--gray-channels: expected 1 or 3, got {cfg.gray_channels}")
     if cfg.cache_bits not in (8, 16):
         raise RD3Error(f"--cache-bits: expected 8 or 16, got {cfg.cache_bits}")
     if cfg.cache_mode != "off" and not cfg.cache:
@@ -274,11 +279,12 @@ _KL20 = dict(loss="kl", temperature=20.0, kl_t2=False)
 # LINs-lab/RDED validation/main.py: ToTensor -> ShufflePatches(factor) -> RandomResizedCrop(size,
 # scale=(1/factor, 1), antialias=True) -> flip -> Normalize; eval only when epoch % 10 == 9 and
 # epoch > 0.8 * E, best reported (eval_every 10 after 80 % reproduces epochs 249, 259, ..., 299).
-# MTT's evaluate_synset (the `mtt` and `datm` presets below).
+# MTT's evaluate_synset (the `mtt` and `datm` presets below). Grayscale sets keep one channel, as MTT's
+# utils.py get_dataset (channel = 1 for MNIST / FashionMNIST) and networks.py ConvNet take them.
 _MTT_EVAL = dict(student="convnet-d3", teacher=(), label_source="set", lr_from_set=True, loss="ce", optimizer="sgd",
                  momentum=0.9, weight_decay=5e-4, lr=0.01, sched="multistep", milestones=(502,), gamma=0.1,
                  sgd_reset_at_decay=True, epochs=1001, batch_size=256, aug="dsa", crop="none", flip_p=0.0,
-                 patch_shuffle=1, mix="none", eval_every=1001, amp=False)
+                 patch_shuffle=1, mix="none", eval_every=1001, amp=False, gray_channels=1)
 _RDED_AUG = dict(patch_shuffle=2, crop="rrc", rrc_scale=(0.5, 1.0), antialias=True, **_CUTMIX)
 
 PRESETS: dict[str, dict[str, Any]] = {

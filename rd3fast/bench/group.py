@@ -96,7 +96,7 @@ def _experiment(todo: list[RunSpec], progress: bool) -> Experiment:
     if held is not None:
         h = heldout_split(exp.cfg.dataset, held.size, held.seed, image_size=exp.cfg.image_size,
                           data_root=exp.cfg.data_root, progress=progress)
-        exp = dataclasses.replace(exp, heldout=ImageSet(expand_channels(h.images, 3), h.labels, h.classes, h.source))
+        exp = dataclasses.replace(exp, heldout=ImageSet(expand_channels(h.images, exp.channels), h.labels, h.classes, h.source))
     return exp
 
 

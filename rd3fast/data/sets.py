@@ -177,23 +177,24 @@ def heldout_split(source: str, size: int, seed: int = 0, *, image_size: int = 0,
     with ``seed``: the split to choose hyper-parameters on instead of the test set. A file set (ImageNet) is
     listed, and only the drawn files are decoded (with the eval transform: they are evaluated, not trained on)."""
     info = dataset_info(source, "held-out split")
-    k = len(list_files(source, "train", data_root).classes) if info.kind == "files" else info.num_classes
+    listing = list_files(source, "train", data_root) if info.kind == "files" else None
+    k = len(listing.classes) if listing is not None else info.num_classes
     if size <= 0 or size % k:
         raise RD3Error(f"held-out split of {source}: size {size} must be a positive multiple of its {k} classes")
     held = train_subset(source, size // k, seed, image_size=image_size, data_root=data_root, workers=workers,
-                        progress=progress, what="held-out split")
+                        progress=progress, what="held-out split", listing=listing)
     return ImageSet(held.images, held.labels, held.classes, f"{source}:train-heldout-{size}-seed{seed}")
 
 
 def train_subset(source: str, per_class: int, seed: int = 0, *, image_size: int = 0,
                  data_root: str | Path | None = None, workers: int | None = None, progress: bool = True,
-                 what: str = "--max-per-class") -> ImageSet:
+                 what: str = "--max-per-class", listing: ImageList | None = None) -> ImageSet:
     """``per_class`` images of each class of dataset ``source``'s training split, drawn with ``seed`` and
     kept in the split's order. Array sets are read whole and indexed; file sets (ImageNet's 1.28 M files)
     are listed and only the drawn files decoded, Resize + CenterCrop to ``image_size`` (0: the set's)."""
     info = dataset_info(source, what)
     if info.kind == "files":
-        listing = list_files(source, "train", data_root)
+        listing = listing or list_files(source, "train", data_root)  # a caller's listing of it: not listed twice
         labels = torch.tensor(listing.labels, dtype=torch.int64)
     else:
         real = load_real(source, "train", image_size=image_size, data_root=data_root)

@@ -14,7 +14,7 @@ import torch
 from ..config import IMAGENET_MEAN, IMAGENET_STD, Config
 from ..data import sets as data
 from ..data import valcache
-from ..data.datasets import BUILTIN, dataset_info, locate
+from ..data.datasets import BUILTIN, dataset_info, list_files, locate
 from ..data.folders import class_names
 from ..data.sets import ImageSet
 from ..data.zca import ZCA, fit_pixels
@@ -40,6 +40,11 @@ class Experiment:
     # --zca: the whitening fitted on the real training set, applied to the training images (before DSA)
     # and to every validation batch after normalization.
     zca: ZCA | None = None
+
+    @property
+    def channels(self) -> int:
+        """The students' input channels: 1 for a grayscale set under --gray-channels 1, else 3."""
+        return int(self.val.images.shape[1])
 
 
 def pick_device(requested: str) -> torch.device:
@@ -93,8 +98,9 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
         data.check_num_classes(f"training set {train_set.source}", k, cfg.num_classes, "(--num-classes)")
     val_hint = f"to match the {k} classes of {train_set.source}"
     # The validation classes from the built-in's definition or the folder's listing, before any decode.
-    if info is not None:
-        data.check_num_classes(f"validation set {val_source}", info.num_classes, k, val_hint)
+    if info is not None:  # a file set's own count (an ImageNet subset in ImageNet's layout is fine)
+        have = len(list_files(cfg.dataset, "val", cfg.data_root).classes) if info.kind == "files" else info.num_classes
+        data.check_num_classes(f"validation set {val_source}", have, k, val_hint)
     elif Path(val_source).is_dir():  # anything else: data.load_real says what is wrong with it
         data.check_num_classes(f"validation set {val_source}", len(class_names(Path(val_source), None)), k,
                                val_hint)
@@ -115,9 +121,13 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
     val = valcache.load_real(val_source, "val", image_size=size, resize_ratio=ratio, cache=cfg.val_cache,
                              decoder=cfg.loader, progress=progress, data_root=cfg.data_root)
     data.check_num_classes(f"validation set {val.source}", val.num_classes, k, val_hint)
-    zca = _fit_zca(cfg, device, progress) if cfg.zca else None
-    return Experiment(cfg=cfg, train=_three_channels(train_set), val=_three_channels(val), relabeler=relabeler,
-                      device=device, distilled_mean=configured_mean, distilled_std=configured_std, zca=zca)
+    channels = 1 if cfg.gray_channels == 1 and train_set.images.shape[1] == 1 and val.images.shape[1] == 1 else 3
+    if channels == 1:  # a gray set's normalization is one value (the three are equal: (m,) * 3)
+        cfg = cfg.replace(mean=cfg.mean[:1], std=cfg.std[:1])
+    zca = _fit_zca(cfg, device, progress, channels) if cfg.zca else None
+    return Experiment(cfg=cfg, train=_with_channels(train_set, channels), val=_with_channels(val, channels),
+                      relabeler=relabeler, device=device, distilled_mean=configured_mean,
+                      distilled_std=configured_std, zca=zca)
 
 
 def _check_dsa_size(aug: str, s: ImageSet, size: int) -> None:
@@ -143,7 +153,7 @@ def _labels_and_lr(cfg: Config, s: ImageSet) -> Config:
     return cfg.replace(lr=s.lr)
 
 
-def _fit_zca(cfg: Config, device: torch.device, progress: bool) -> ZCA:
+def _fit_zca(cfg: Config, device: torch.device, progress: bool, channels: int = 3) -> ZCA:
     """ZCA on the real training set (3 channels, at the run's size, in [0, 1]: the run's mean/std are 0/1
     under --zca), as MTT/DD-Ranking fit kornia's ZCAWhitening(eps=0.1) on their ToTensor() training set."""
     source = cfg.zca_train or cfg.dataset
@@ -159,7 +169,7 @@ def _fit_zca(cfg: Config, device: torch.device, progress: bool) -> ZCA:
         raise RD3Error(f"--zca-train {source}: expected real images (uint8 pixels), got {real.images.dtype}")
     # Fitted on the run's device (the D x D covariance is the cost), kept on the CPU beside the images, and
     # cached: the fit depends on the pixels and eps only.
-    return fit_pixels(data.expand_channels(real.images, 3), eps=cfg.zca_eps, device=device)
+    return fit_pixels(data.expand_channels(real.images, channels), eps=cfg.zca_eps, device=device)
 
 
 def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True) -> list[ImageSet]:
@@ -175,7 +185,7 @@ def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True)
         if _labels_and_lr(cfg, s).lr != cfg.lr:  # also checks its labels against --label-source
             raise RD3Error(f"--lr from-set: {s.source} ships lr {s.lr}, {exp.train.source} {exp.train.lr}; sets "
                            "trained at once share one lr: evaluate them separately")
-        more.append(_three_channels(s))
+        more.append(_with_channels(s, exp.channels))
     return more
 
 
@@ -196,5 +206,6 @@ def _check_batches(cfg: Config, s: ImageSet) -> None:
                        f"{n} or less, or --no-drop-last")
 
 
-def _three_channels(s: ImageSet) -> ImageSet:
-    return dataclasses.replace(s, images=data.expand_channels(s.images, 3))
+def _with_channels(s: ImageSet, channels: int) -> ImageSet:
+    """The set with ``channels`` channels: gray images repeated to 3 (or kept at 1 under --gray-channels 1)."""
+    return dataclasses.replace(s, images=data.expand_channels(s.images, channels))

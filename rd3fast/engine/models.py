@@ -31,10 +31,13 @@ class ConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c, s = in_chans, image_size
-        for _ in range(depth):
+        for d in range(depth):
             norm = nn.BatchNorm2d(width) if batchnorm else nn.GroupNorm(width, width, affine=True)
-            layers += [nn.Conv2d(c, width, 3, padding=1), norm, nn.ReLU(inplace=True), nn.AvgPool2d(2)]
-            c, s = width, s // 2
+            # MTT networks.py ConvNet._make_layers: padding=3 if channel == 1 and d == 0 (28 px MNIST -> 32 px,
+            # so three poolings leave 4 x 4, as on CIFAR)
+            pad = 3 if in_chans == 1 and d == 0 else 1
+            layers += [nn.Conv2d(c, width, 3, padding=pad), norm, nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            c, s = width, (s + 2 * pad - 2) // 2
         if s < 1:
             raise RD3Error(f"convnet-d{depth}: {image_size} px is too small for {depth} pooling stages")
         self.features = nn.Sequential(*layers)

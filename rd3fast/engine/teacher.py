@@ -65,7 +65,10 @@ class Relabeler(nn.Module):
         return (sum(logits) / len(logits)).clone()  # clone: a normal tensor outside inference mode
 
     def input_for(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """The run's normalized batch as teacher ``i`` was trained to see it."""
+        """The run's normalized batch as teacher ``i`` was trained to see it (a one-channel batch, --gray-channels
+        1, repeated to the teachers' three)."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         if not self.convert[i]:
             return x
         return torch.addcmul(getattr(self, f"shift{i}").to(x.dtype), x, getattr(self, f"scale{i}").to(x.dtype))

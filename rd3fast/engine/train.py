@@ -339,7 +339,7 @@ def build_engine(exp: Experiment, seeds: Sequence[int], sets: Sequence[ImageSet]
     models = []
     for s in seeds:
         torch.manual_seed(s)  # the student's initialization depends on its seed only
-        m = build_model(cfg.student, cfg.num_classes, cfg.image_size).to(dev)
+        m = build_model(cfg.student, cfg.num_classes, cfg.image_size, in_chans=exp.channels).to(dev)
         models.append(m.to(memory_format=torch.channels_last) if dev.type == "cuda" and k == 1 else m)
     students = Students(models)
     no_graph = graph_unavailable_reason(cfg, dev) or (None if source.graphable else "streamed batches")
