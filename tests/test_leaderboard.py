@@ -90,7 +90,8 @@ def test_mean_std_n_and_cell_text(tmp_path: Path) -> None:
     root = make_root(tmp_path, finished("rded-ipc10", "rded", 10, "rd3-small", [40.0, 42.0, 44.0]))
     c = cell(lb.load(root), "rded-ipc10", "rd3-small")
     assert (c.mean, c.std, c.n, c.best) == (42.0, 2.0, 3, 43.0)  # stdev of 40, 42, 44 (n - 1) is 2
-    assert render.cell_text(c) == "42.0 ± 2.0 (n=3) / best 43.0"
+    # 95 % Student-t interval: 42 ± t(0.975, 2) * 2 / sqrt(3) = 42 ± 4.303 * 1.155 = [37.0, 47.0]
+    assert render.cell_text(c) == "42.0 ± 2.0 [37.0, 47.0] (n=3) / best 43.0"
 
 
 def test_ior_against_the_random_real_set_of_the_same_ipc(tmp_path: Path) -> None:
@@ -106,7 +107,8 @@ def test_ior_against_the_random_real_set_of_the_same_ipc(tmp_path: Path) -> None
     assert board_stats.ior(board, row("rded-ipc10"), "other") is None
     assert board_stats.ior(board, row("random-ipc10"), "rd3-small") is None  # the baseline itself
     md = render.render_markdown(board)
-    assert "| rded-ipc10 | rded | 10 | +10.0 |  |" in md
+    # seeds 0 and 1 of both sets differ by exactly 10: the paired interval has no width
+    assert "| rded-ipc10 | rded | 10 | +10.0 [+10.0, +10.0] |  |" in md
     assert "| random-ipc10 (baseline) | random-real | 10 | baseline | baseline |" in md
 
 
@@ -180,7 +182,7 @@ def test_heldout_selection_reports_test_top1_at_the_chosen_value(tmp_path: Path)
     c = cell(board, "rded", "rd3-small")
     assert c.choice == {"lr": 2e-3} and c.heldout == pytest.approx(54.0)
     assert (c.mean, c.n) == (pytest.approx(38.5), 2)  # the test top-1 at the chosen value only
-    assert "38.5 ± 0.7 (n=2) / best 38.5 · lr=0.002 (held-out 54.0)" in render.render_markdown(board)
+    assert "38.5 ± 0.7 [32.1, 44.9] (n=2) / best 38.5 · lr=0.002 (held-out 54.0)" in render.render_markdown(board)
     render.write_report(root)
     selected = {r["grid.lr"]: r["selected"] for r in csv.DictReader((root / "leaderboard.csv").open())}
     assert selected == {"0.001": "no", "0.002": "yes"}
@@ -204,8 +206,8 @@ def test_unfinished_and_failed_cells_are_marked(tmp_path: Path) -> None:
             (i[11], result(i[11], 41.0))]
     board = lb.load(make_root(tmp_path, runs))
     text = {p: render.cell_text(cell(board, "s", p)) for p in ("partial", "pending", "failed", "mixed")}
-    assert text == {"partial": "41.0 ± 1.4 (n=2) / best 41.0 · 2/3 done", "pending": "pending", "failed": "failed",
-                    "mixed": "40.5 ± 0.7 (n=2) / best 40.5 · 1 failed"}
+    assert text == {"partial": "41.0 ± 1.4 [28.3, 53.7] (n=2) / best 41.0 · 2/3 done", "pending": "pending", "failed": "failed",
+                    "mixed": "40.5 ± 0.7 [34.1, 46.9] (n=2) / best 40.5 · 1 failed"}
     md = render.render_markdown(board)
     assert "12 runs: 4 ok, 4 failed, 4 pending or running" in md
     assert "## Failed runs" in md and "non-finite loss at epoch 3" in md and "out of memory" in md

@@ -11,7 +11,9 @@ from typing import Any, Iterable, Sequence
 
 from ..atomic import atomic_write
 from .board import OWN, Board, Cell, RowKey, load, ordered, value_text
-from .stats import View, agreement, ior, own_rows, spread, throughput, views
+from .inference import Interval
+from .stats import (View, agreement, cell_interval, flips, ior, ior_interval, own_rows, ranking, spread, throughput,
+                    views)
 
 CSV_FIXED = ("id", "set", "method", "ipc", "baseline", "protocol", "preset", "student")
 
@@ -28,13 +30,14 @@ def _num(v: float | None, fmt: str = ".1f", none: str = "") -> str:
 
 
 def cell_text(cell: Cell | None, show_preset: bool = False) -> str:
-    """``46.3 ± 0.4 (n=3) / best 46.9``, then what is unfinished or failed, the held-out choice, and the
-    preset when the column's runs resolve to several (the ``own`` protocol)."""
+    """``46.3 ± 0.4 [45.3, 47.3] (n=3) / best 46.9`` (mean ± std over seeds, its 95 % Student-t interval),
+    then what is unfinished or failed, the held-out choice, and the preset when the column's runs resolve to
+    several (the ``own`` protocol)."""
     if cell is None:
         return "—"
     parts = []
     if cell.mean is not None:
-        spread_ = f" ± {cell.std:.1f}" if cell.n > 1 else ""  # one seed has no spread to show
+        spread_ = f" ± {cell.std:.1f}{interval_text(cell_interval(cell))}" if cell.n > 1 else ""  # one seed: none
         parts.append(f"{cell.mean:.1f}{spread_} (n={cell.n}) / best {_num(cell.best)}")
     elif cell.final and cell.failed == len(cell.runs):
         parts.append("failed")
@@ -90,16 +93,24 @@ def _student_sections(board: Board, student: str) -> list[str]:
                   ([*_row_label(board, row), *(_ior_text(board, row, p) for p in board.protocols)] for row in rows))
     student_views = [v for v in views(board) if v.student == student]
     out += ["", *_spread_section(board, student_views)]
+    out += ["", *_rank_section(board, student_views)]
     if OWN in board.protocols and len(board.protocols) > 1:
         out += ["", *_own_section(board, student_views)]
     return out
+
+
+def interval_text(iv: Interval | None, fmt: str = ".1f") -> str:
+    """`` [lo, hi]`` (the 95 % interval), or nothing when there is none (one seed)."""
+    if iv is None or iv.lo is None or iv.hi is None:
+        return ""
+    return f" [{iv.lo:{fmt}}, {iv.hi:{fmt}}]"
 
 
 def _ior_text(board: Board, row: RowKey, protocol: str) -> str:
     if board.set_info(row[1]).baseline:
         return "baseline"
     value = ior(board, row, protocol)
-    return "" if value is None else f"{value:+.1f}"
+    return "" if value is None else f"{value:+.1f}{interval_text(ior_interval(board, row, protocol), '+.1f')}"
 
 
 def _mark(final: bool) -> str:
@@ -112,20 +123,54 @@ def _spread_section(board: Board, vs: list[View]) -> list[str]:
     for v in vs:
         for p in board.protocols:
             s = spread(board, v, p)
-            value = "—" if s.value is None else f"{s.value:.1f}{_mark(s.final)}"
+            value = "—" if s.value is None else f"{s.value:.1f}{interval_text(s.interval)}{_mark(s.final)}"
             rows.append([v.label(board), p, value, s.best or "", s.worst or "", str(s.sets)])
     out += _table(["view", "protocol", "spread", "best", "worst", "sets"], rows)
     pairs = [agreement(board, v, a, b) for v in vs for a, b in combinations(board.protocols, 2)]
     if pairs:
         out += [""]
         out += _table(["view", "protocol", "protocol", "Kendall τ", "sets"],
-                      ([g.view.label(board), g.a, g.b, "—" if g.tau is None else f"{g.tau:+.2f}{_mark(g.final)}",
-                        str(g.sets)] for g in pairs))
-    note = "Spread: over the non-baseline sets only (random-real is the reference, not a method). "
+                      ([g.view.label(board), g.a, g.b, "—" if g.tau is None
+                        else f"{g.tau:+.2f}{interval_text(g.interval, '+.2f')}{_mark(g.final)}", str(g.sets)]
+                       for g in pairs))
+    note = ("Spread: over the non-baseline sets only (random-real is the reference, not a method); "
+            "[95 % interval]: bootstrap over each set's seeds. ")
     if pairs:
         note += ("τ: over the sets both protocols have a mean for, baselines included; 1 = same order, "
                  "−1 = reversed. ")
     return out + ["", note + "`*`: some runs still unfinished, provisional."]
+
+
+def _rank_section(board: Board, vs: list[View]) -> list[str]:
+    """Per view and protocol: the sets by mean with their rank groups (a shared letter: not separated by a
+    paired test over shared seeds, Holm-corrected over the pairs), and for each unseparated pair the seeds
+    per method a difference of that size would need (power 0.8, alpha 0.05)."""
+    out = ["### Rank groups (sets sharing a letter are not separated at 5 %, Holm-corrected)", ""]
+    rows, needs = [], []
+    for v in vs:
+        for p in board.protocols:
+            r = ranking(board, v, p)
+            if len(r.order) < 2:
+                continue
+            for name in r.order:
+                cell = board.cells.get(((v.student, name, v.grid), p))
+                iv = cell_interval(cell)
+                rows.append([v.label(board), p, r.letters[name], name,
+                             f"{iv.value:.1f}{interval_text(iv)}" if iv else "—"])
+            for q in r.pairs:
+                if not q.separated:
+                    need = "—" if q.seeds_needed is None else str(q.seeds_needed)
+                    needs.append([v.label(board), p, f"{q.better} − {q.worse}",
+                                  f"{q.difference.value:+.1f}{interval_text(q.difference, '+.1f')}",
+                                  "—" if q.p is None else f"{q.p:.3f}", need])
+    if not rows:
+        return out + ["(fewer than two sets with results per protocol)"]
+    out += _table(["view", "protocol", "group", "set", "top-1 [95 % interval]"], rows)
+    if needs:
+        out += ["", "Pairs not separated, and the seeds per method that would separate a difference of that size "
+                "(paired t-test, power 0.8):", ""]
+        out += _table(["view", "protocol", "pair", "difference [95 % interval]", "p", "seeds needed"], needs)
+    return out
 
 
 def _own_section(board: Board, vs: list[View]) -> list[str]:
@@ -148,8 +193,12 @@ def _own_section(board: Board, vs: list[View]) -> list[str]:
         own_spread = spread(board, v, OWN)
         for p in others:
             s = spread(board, v, p)
+            total, flipped, significant = flips(board, v, OWN, p)
             out += ["", f"Spread ({v.label(board)}): own recipes {_num(own_spread.value, none='—')}"
-                        f"{_mark(own_spread.final)} → {p} {_num(s.value, none='—')}{_mark(s.final)} points."]
+                        f"{interval_text(own_spread.interval)}{_mark(own_spread.final)} → {p} "
+                        f"{_num(s.value, none='—')}{interval_text(s.interval)}{_mark(s.final)} points. Pairwise "
+                        f"orders that flip between own and {p}: {flipped} of {total}, {significant} of them "
+                        "separated under both."]
         out += [""]
     return out[:-1]
 

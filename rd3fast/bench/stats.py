@@ -1,10 +1,11 @@
 """The leaderboard's statistics over a Board's cells: IOR against the random-real baseline, per-protocol
-spread, rank agreement (Kendall tau-b) between protocols, the own-vs-rectified rows, and throughput.
+spread, rank agreement (Kendall tau-b) between protocols, rank groups that admit ties, the own-vs-rectified
+rows, and throughput. Each estimate carries a 95 % interval (``inference``: Student-t over seeds, paired
+where runs share seeds, bootstrap over seeds for the spread and tau).
 """
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from itertools import combinations
 from typing import Sequence
 
 from .board import OWN, Board, Cell, GridKey, RowKey, ordered, value_text
+from .inference import (Interval, bootstrap_interval, difference_interval, difference_pvalue, holm, kendall_tau_b,
+                        mean_interval, rank_groups, seeds_needed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -20,17 +23,10 @@ from .board import OWN, Board, Cell, GridKey, RowKey, ordered, value_text
 def ior(board: Board, row: RowKey, protocol: str) -> float | None:
     """Mean top-1 minus the random-real baseline's of the same IPC, protocol, student and grid point
     (DD-Ranking's IOR); None for a baseline row, or when either mean is missing."""
-    cell = board.cells.get((row, protocol))
-    info = board.set_info(row[1])
-    if cell is None or cell.mean is None or info.baseline:
+    cell, base = board.cells.get((row, protocol)), _baseline_cell(board, row, protocol)
+    if cell is None or cell.mean is None or base is None:
         return None
-    for name in board.sets:
-        other = board.set_info(name)
-        if other.baseline and other.ipc == info.ipc:
-            base = board.cells.get(((row[0], name, row[2]), protocol))
-            if base is not None and base.mean is not None:
-                return cell.mean - base.mean
-    return None
+    return cell.mean - base.mean  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -84,6 +80,7 @@ class Spread:
     worst: str | None
     sets: int
     final: bool  # every run of the sets it spans has finished
+    interval: Interval | None = None  # bootstrap over each set's seeds
 
 
 def spread(board: Board, view: View, protocol: str) -> Spread:
@@ -95,29 +92,49 @@ def spread(board: Board, view: View, protocol: str) -> Spread:
         return Spread(view, protocol, None, None, None, len(cells), final)
     means = {name: c.mean for name, c in cells.items() if c.mean is not None}
     best, worst = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
-    return Spread(view, protocol, means[best] - means[worst], best, worst, len(cells), final)
+    interval = bootstrap_interval([list(seeds_of(c).values()) for c in cells.values()], lambda m: max(m) - min(m))
+    return Spread(view, protocol, means[best] - means[worst], best, worst, len(cells), final, interval)
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's tau-b of two paired samples (ties in either count as neither concordant nor discordant,
-    and shrink the denominator): 1 = same order, −1 = reversed. None with fewer than two pairs or when one
-    side is all ties (no order to agree with). Written out (O(n²), n = a handful of sets) rather than
-    taken from scipy, which rd3fast does not depend on."""
-    if len(x) != len(y):
-        raise ValueError("kendall_tau: samples of different lengths")
-    concordant = discordant = tied_x = tied_y = 0
-    for i, j in combinations(range(len(x)), 2):
-        dx, dy = x[i] - x[j], y[i] - y[j]
-        if dx == 0 or dy == 0:
-            tied_x += dx == 0
-            tied_y += dy == 0
-        elif (dx > 0) == (dy > 0):
-            concordant += 1
-        else:
-            discordant += 1
-    pairs = len(x) * (len(x) - 1) // 2
-    denominator = math.sqrt((pairs - tied_x) * (pairs - tied_y))
-    return (concordant - discordant) / denominator if denominator else None
+    """Kendall's tau-b of two paired samples (scipy's; ties count as neither concordant nor discordant and
+    shrink the denominator): 1 = same order, −1 = reversed. None with fewer than two pairs or when one side
+    is all ties (no order to agree with)."""
+    return kendall_tau_b(x, y)
+
+
+def seeds_of(cell: Cell | None) -> dict[int, float]:
+    """Seed -> last top-1 of a cell's finished runs."""
+    return {} if cell is None else {int(r.seed or 0): float(r.last_top1) for r in cell.ok
+                                    if r.last_top1 is not None}
+
+
+def cell_interval(cell: Cell | None) -> Interval | None:
+    """The cell's mean top-1 with its Student-t interval over seeds (no interval with one seed)."""
+    values = list(seeds_of(cell).values())
+    return mean_interval(values) if values else None
+
+
+def ior_interval(board: Board, row: RowKey, protocol: str) -> Interval | None:
+    """IOR with its interval: paired over the seeds the set and its baseline share (Welch's otherwise)."""
+    base = _baseline_cell(board, row, protocol)
+    cell = board.cells.get((row, protocol))
+    if base is None or cell is None or cell.mean is None or base.mean is None:
+        return None
+    return difference_interval(seeds_of(cell), seeds_of(base))
+
+
+def _baseline_cell(board: Board, row: RowKey, protocol: str) -> Cell | None:
+    info = board.set_info(row[1])
+    if info.baseline:
+        return None
+    for name in board.sets:
+        other = board.set_info(name)
+        if other.baseline and other.ipc == info.ipc:
+            base = board.cells.get(((row[0], name, row[2]), protocol))
+            if base is not None and base.mean is not None:
+                return base
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,7 @@ class Agreement:
     tau: float | None
     sets: int
     final: bool
+    interval: Interval | None = None  # bootstrap over each cell's seeds
 
 
 def agreement(board: Board, view: View, a: str, b: str) -> Agreement:
@@ -137,7 +155,66 @@ def agreement(board: Board, view: View, a: str, b: str) -> Agreement:
     common = [s for s in ca if s in cb]
     tau = kendall_tau([ca[s].mean for s in common], [cb[s].mean for s in common])  # type: ignore[misc]
     final = _all_final(view_cells(board, view, a, baselines=True), view_cells(board, view, b, baselines=True))
-    return Agreement(view, a, b, tau, len(common), final)
+    samples = [list(seeds_of(ca[s]).values()) for s in common] + [list(seeds_of(cb[s]).values()) for s in common]
+    k = len(common)
+    interval = bootstrap_interval(samples, lambda m: kendall_tau(m[:k], m[k:])) if tau is not None else None
+    return Agreement(view, a, b, tau, len(common), final, interval)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two sets under one protocol: their difference with its interval, the Holm-corrected verdict, and
+    for an unseparated pair the seeds a difference of that size would need."""
+
+    better: str
+    worse: str
+    difference: Interval
+    p: float | None
+    separated: bool
+    seeds_needed: int | None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    view: View
+    protocol: str
+    order: list[str]  # best mean first
+    letters: dict[str, str]  # rank groups: sets sharing a letter are not separated
+    pairs: list[Pair]
+
+
+def ranking(board: Board, view: View, protocol: str) -> Ranking:
+    """Sets (baseline included) ranked by mean; every pair tested (paired t over shared seeds, Welch's
+    otherwise), Holm-corrected over the pairs of this view and protocol; rank groups from the verdicts."""
+    cells = view_means(board, view, protocol, baselines=True)
+    order = sorted(cells, key=lambda n: -cells[n].mean)  # type: ignore[operator]
+    tested = [(a, b, difference_pvalue(seeds_of(cells[a]), seeds_of(cells[b]))) for a, b in combinations(order, 2)]
+    verdicts = holm([p for _, _, p in tested if p is not None])
+    it = iter(verdicts)
+    pairs = []
+    for a, b, p in tested:
+        sep = next(it) if p is not None else False
+        sa, sb = seeds_of(cells[a]), seeds_of(cells[b])
+        pairs.append(Pair(a, b, difference_interval(sa, sb), p, sep, None if sep else seeds_needed(sa, sb)))
+    separated = {frozenset((q.better, q.worse)) for q in pairs if q.separated}
+    letters = rank_groups(order, lambda x, y: frozenset((x, y)) in separated)
+    return Ranking(view, protocol, order, letters, pairs)
+
+
+def flips(board: Board, view: View, a: str, b: str) -> tuple[int, int, int]:
+    """(pairs ordered by both protocols, pairs whose order flips, flips separated in both protocols)."""
+    ra, rb = ranking(board, view, a), ranking(board, view, b)
+    pos_a, pos_b = {n: i for i, n in enumerate(ra.order)}, {n: i for i, n in enumerate(rb.order)}
+    sep_a = {frozenset((q.better, q.worse)) for q in ra.pairs if q.separated}
+    sep_b = {frozenset((q.better, q.worse)) for q in rb.pairs if q.separated}
+    common = [n for n in ra.order if n in pos_b]
+    total = flipped = significant = 0
+    for x, y in combinations(common, 2):
+        total += 1
+        if (pos_a[x] < pos_a[y]) != (pos_b[x] < pos_b[y]):
+            flipped += 1
+            significant += frozenset((x, y)) in sep_a and frozenset((x, y)) in sep_b
+    return total, flipped, significant
 
 
 def own_rows(board: Board, view: View) -> list[tuple[str, Cell | None, dict[str, Cell | None]]]:
