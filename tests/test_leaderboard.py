@@ -218,7 +218,7 @@ def test_csv_header_rows_and_atomic_files(tmp_path: Path) -> None:
     runs = finished("random", "random-real", 10, "rd3-small", [30.0, 31.0], grid={"lr": 1e-3}) + [(pending, None)]
     root = make_root(tmp_path / "root", runs)
     paths = render.write_report(root)
-    assert paths == {k: root / f"leaderboard.{k}" for k in ("md", "csv", "png")}
+    assert paths == {k: root / f"leaderboard.{k}" for k in ("md", "csv", "png", "html")}
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(root.glob("*.tmp")) and not list(root.glob(".*tmp*"))

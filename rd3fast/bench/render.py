@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 from ..atomic import atomic_write
 from .board import OWN, Board, Cell, RowKey, load, ordered, value_text
 from .inference import Interval
+from .page import html_page
 from .stats import (View, agreement, cell_interval, flips, ior, ior_interval, own_rows, ranking, spread, throughput,
                     views)
 
@@ -307,46 +308,86 @@ def write_csv(board: Board, path: Path) -> None:
 
 
 def plot(board: Board, path: Path) -> None:
-    """Grouped bars (set rows × protocols, mean ± std of the last top-1), and the per-protocol spread."""
+    """Per protocol, each set's mean last top-1 as a point with its 95 % interval bar, on an axis that spans
+    the values (not from zero: a 1.5-point difference must be visible); below it, when there is an ``own``
+    protocol, one line per set from its own recipe to each rectified protocol, else the per-protocol spread
+    with its bootstrap interval. A panel with nothing to show is left out, not drawn empty."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows, protocols = board.rows, board.protocols
-    width = 0.8 / max(1, len(protocols))
-    fig, (ax_bar, ax_spread) = plt.subplots(2, 1, figsize=(max(8.0, 0.9 * len(rows) * max(1, len(protocols))), 8))
-    for i, p in enumerate(protocols):
-        xs, means, stds = [], [], []
-        for x, row in enumerate(rows):
-            cell = board.cells.get((row, p))
-            if cell is not None and cell.mean is not None:
-                xs.append(x + (i - (len(protocols) - 1) / 2) * width)
-                means.append(cell.mean)
-                stds.append(cell.std)
-        ax_bar.bar(xs, means, width, yerr=stds, capsize=2, color=f"C{i % 10}", label=p)
-    ax_bar.set_xticks(range(len(rows)), [_plot_label(board, row) for row in rows], rotation=25, ha="right",
-                      fontsize=8)
-    ax_bar.set(ylabel="test top-1 (%)", title="last top-1, mean ± std over finished seeds")
     vs = views(board)
+    own = OWN in protocols and len(protocols) > 1
+    spreads = {(v, p): spread(board, v, p) for v in vs for p in protocols}
+    second = own or any(sp.value is not None for sp in spreads.values())
+    fig, axes = plt.subplots(2 if second else 1, 1, squeeze=False,
+                             figsize=(max(8.0, 0.9 * len(rows) * max(1, len(protocols))), 8 if second else 4.5))
+    ax = axes[0][0]
+    offset = 0.6 / max(1, len(protocols))
     for i, p in enumerate(protocols):
-        spreads = [spread(board, v, p).value for v in vs]
-        xs = [x + (i - (len(protocols) - 1) / 2) * width for x, s in enumerate(spreads) if s is not None]
-        bars = ax_spread.bar(xs, [s for s in spreads if s is not None], width, color=f"C{i % 10}", label=p)
-        ax_spread.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax_spread.set_xticks(range(len(vs)), [v.label(board) for v in vs], fontsize=8)
-    ax_spread.set(ylabel="spread (points)", title="spread: best − worst non-baseline set")
-    for ax in (ax_bar, ax_spread):
-        if protocols:
-            ax.legend(fontsize=7)
-    if not any(c.mean is not None for c in board.cells.values()):
-        ax_bar.text(0.5, 0.5, "no finished runs yet", transform=ax_bar.transAxes, ha="center")
+        xs, means, lo, hi = [], [], [], []
+        for x, row in enumerate(rows):
+            iv = cell_interval(board.cells.get((row, p)))
+            if iv is not None:
+                xs.append(x + (i - (len(protocols) - 1) / 2) * offset)
+                means.append(iv.value)
+                lo.append(iv.value - iv.lo if iv.lo is not None else 0.0)
+                hi.append(iv.hi - iv.value if iv.hi is not None else 0.0)
+        if xs:
+            ax.errorbar(xs, means, yerr=[lo, hi], fmt="o", capsize=3, color=f"C{i % 10}", label=p)
+    ax.set_xticks(range(len(rows)), [_plot_label(board, row) for row in rows], rotation=25, ha="right", fontsize=8)
+    ax.set(ylabel="test top-1 (%)", title="last top-1: mean and 95 % interval over finished seeds")
+    ax.grid(axis="y", alpha=0.3)
+    if any(c.mean is not None for c in board.cells.values()):
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center")
+    if second:
+        ax2 = axes[1][0]
+        if own:
+            _plot_own(board, vs, ax2)
+        else:
+            for i, p in enumerate(protocols):
+                pts = [(x, spreads[(v, p)]) for x, v in enumerate(vs) if spreads[(v, p)].value is not None]
+                if not pts:
+                    continue
+                ivs = [sp.interval for _, sp in pts]
+                yerr = [[sp.value - iv.lo if iv and iv.lo is not None else 0.0 for (_, sp), iv in zip(pts, ivs)],
+                        [iv.hi - sp.value if iv and iv.hi is not None else 0.0 for (_, sp), iv in zip(pts, ivs)]]
+                ax2.errorbar([x + (i - (len(protocols) - 1) / 2) * offset for x, _ in pts], [sp.value for _, sp in pts],
+                             yerr=yerr, fmt="s", capsize=3, color=f"C{i % 10}", label=p)
+            ax2.set_xticks(range(len(vs)), [v.label(board) for v in vs], fontsize=8)
+            ax2.set(ylabel="spread (points)", title="spread: best − worst non-baseline set, 95 % bootstrap interval")
+            ax2.legend(fontsize=7)
+            ax2.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     try:
         with atomic_write(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110)  # format: the temporary name does not end in .png
     finally:
         plt.close(fig)
+
+
+def _plot_own(board: Board, vs: list[View], ax: Any) -> None:
+    """One line per set (one colour each): its mean under its own recipe, then under each other protocol."""
+    columns = [OWN] + [p for p in board.protocols if p != OWN]
+    drawn = 0
+    for v in vs:
+        for name, own_cell, cells in own_rows(board, v):
+            ys = [own_cell.mean if own_cell else None] + [cells[p].mean if cells[p] else None for p in columns[1:]]
+            pts = [(x, y) for x, y in enumerate(ys) if y is not None]
+            if len(pts) < 1:
+                continue
+            label = name if len(vs) == 1 else f"{name} ({v.label(board)})"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=f"C{drawn % 10}", label=label)
+            drawn += 1
+    ax.set_xticks(range(len(columns)), ["own recipe" if c == OWN else c for c in columns], fontsize=8)
+    ax.set(ylabel="test top-1 (%)", title="each set under its own recipe and under the rectified protocol(s)")
+    ax.grid(axis="y", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
 
 
 def _plot_label(board: Board, row: RowKey) -> str:
@@ -357,12 +398,15 @@ def _plot_label(board: Board, row: RowKey) -> str:
 
 
 def write_report(root: str | Path) -> dict[str, Path]:
-    """Write ROOT/leaderboard.{md,csv,png} (each atomically) from one reading of ROOT; their paths by
-    kind ("md", "csv", "png")."""
+    """Write ROOT/leaderboard.{md,csv,png,html} (each atomically) from one reading of ROOT; their paths by
+    kind ("md", "csv", "png", "html"). The HTML page embeds the figure and needs no network to view."""
     board = load(root)
-    paths = {kind: board.root / f"leaderboard.{kind}" for kind in ("md", "csv", "png")}
+    paths = {kind: board.root / f"leaderboard.{kind}" for kind in ("md", "csv", "png", "html")}
+    markdown = render_markdown(board)
     with atomic_write(paths["md"]) as tmp:
-        tmp.write_text(render_markdown(board))
+        tmp.write_text(markdown)
     write_csv(board, paths["csv"])
     plot(board, paths["png"])
+    with atomic_write(paths["html"]) as tmp:
+        tmp.write_text(html_page(markdown, paths["png"].read_bytes(), title=f"rd3fast leaderboard: {board.root.name}"))
     return paths
