@@ -90,7 +90,10 @@ def evaluate_sets(cfg: Config, sets: dict[str, str | None], outs: dict[str, Path
             ckpt = None
             if outs is not None:
                 ident = {"config": records[group[0][0]]["config"], "runs": [list(r) for r in group]}
-                ckpt = Checkpointing(_checkpoint_path(outs[group[0][0]], group), checkpoint_every, stop, ident)
+                # An unreadable checkpoint is renamed aside and its runs start over: the same command recovers,
+                # where --restart would also discard the finished seeds.
+                ckpt = Checkpointing(_checkpoint_path(outs[group[0][0]], group), checkpoint_every, stop, ident,
+                                     set_aside_unreadable=True)
             results = train_seeds(exp, [s for _, s in group], progress=progress, desc=f"{exp.cfg.preset}: {label}",
                                   sets=[data[n] for n, _ in group], checkpoint=ckpt)
             for (name, _), (result, _) in zip(group, results):

@@ -9,10 +9,13 @@ random-real IPC 2 folder.
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import json
 import os
+import pathlib
 import stat
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -100,6 +103,33 @@ def pickled_namespace(tmp: Path) -> None:
     """A training checkpoint as many repositories save it: the state_dict beside the argparse Namespace."""
     model = build_model(ARCH, 10, 16)
     torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp / "ckpt.pt")
+
+
+class StateDict(collections.OrderedDict):
+    """An OrderedDict subclass, as some training code keeps its state_dicts: a global a safe load refuses."""
+
+
+REFUSED = "it needs a global torch refuses to unpickle: "  # what every refused pickle's one line says
+SET_IMAGES, SET_LABELS = torch.zeros(20, 3, 16, 16, dtype=torch.uint8), torch.arange(10).repeat(2)
+
+
+def refused_pickle(name: str, what: str, protocol: int = 2) -> Callable[[Path], object]:
+    """``name`` in {tmp}: a tensor set, an MTT folder's images_best.pt (+ a plain labels_best.pt) or a weights
+    file, holding a global that torch's safe loader refuses (``protocol`` > 2: also warned about by torch)."""
+    def make(tmp: Path) -> None:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if what == "set":
+            obj: object = {"images": SET_IMAGES, "labels": SET_LABELS, "source": pathlib.Path("/data/syn")}
+        elif what == "mtt":
+            obj = StateDict(images=SET_IMAGES.float() / 255)
+            torch.save(SET_LABELS, path.parent / "labels_best.pt")
+        else:
+            obj = StateDict(build_model(ARCH, 10, 16).state_dict())
+        torch.save(obj, path, pickle_protocol=protocol)
+    return make
+
+
 
 
 CASES: dict[str, Case] = {
@@ -199,10 +229,33 @@ CASES: dict[str, Case] = {
     "weights are a Git LFS pointer": Case("run", evaluate(weights="{tmp}/w.pt"), "Git LFS pointer",
                                           text("w.pt", "version https://git-lfs.github.com/spec/v1\n")),
     "weights hold a Namespace": Case("run", evaluate(weights="{tmp}/ckpt.pt"),
-                                     "a safe torch.load refuses (UnpicklingError: Unsupported global: GLOBAL "
-                                     "argparse.Namespace", pickled_namespace),
-    "weights are a folder": Case("run", evaluate(weights="{tmp}/w"),
-                                 "weights file {tmp}/w is a folder; expected a file", folder("w")),
+                                     "weights file {tmp}/ckpt.pt is not a weights file rd3fast can read safely: it "
+                                     f"holds Python objects besides tensors ({REFUSED}argparse.Namespace)",
+                                     pickled_namespace),
+    # issue: one line, always: each input torch unpickles, refused in one line naming the file and the global
+    "weights hold an OrderedDict subclass": Case("run", evaluate(weights="{tmp}/w.pt"),
+                                                 f"weights file {{tmp}}/w.pt is not a weights file rd3fast can read "
+                                                 f"safely: it holds Python objects besides tensors ({REFUSED}"
+                                                 f"{__name__}.StateDict)", refused_pickle("w.pt", "weights")),
+    "weights pickled with protocol 4": Case("run", evaluate(weights="{tmp}/w.pt"),
+                                            "weights file {tmp}/w.pt is not a torch checkpoint (it was pickled with "
+                                            "protocol 4", refused_pickle("w.pt", "weights", protocol=4)),
+    "tensor set holds a pathlib.Path": Case("run", evaluate("--distilled", "{tmp}/set.pt"),
+                                            f"{{tmp}}/set.pt is not a tensor file rd3fast can read safely ({REFUSED}"
+                                            "pathlib.PosixPath); save plain tensors", refused_pickle("set.pt", "set")),
+    "tensor set pickled with protocol 4": Case("run", evaluate("--distilled", "{tmp}/set.pt"),
+                                               "cannot read tensor file {tmp}/set.pt (it was pickled with protocol 4",
+                                               refused_pickle("set.pt", "set", protocol=4)),
+    "MTT images_best.pt holds an OrderedDict subclass": Case(
+        "run", evaluate("--distilled", "{tmp}/mtt"),
+        f"{{tmp}}/mtt/images_best.pt is not a tensor file rd3fast can read safely ({REFUSED}{__name__}.StateDict)",
+        refused_pickle("mtt/images_best.pt", "mtt")),
+    "--zca-train holds a pathlib.Path": Case(
+        "run", [*evaluate("--preset", "mtt", "--lr", "0.01"), "--zca", "--zca-train", "{tmp}/real.pt"],
+        f"--zca-train: {{tmp}}/real.pt is not a tensor file rd3fast can read safely ({REFUSED}pathlib.PosixPath)",
+        refused_pickle("real.pt", "set")),
+    "--zca-train missing": Case("run", [*evaluate("--preset", "mtt", "--lr", "0.01"), "--zca", "--zca-train",
+                                        "{tmp}/nope.pt"], "--zca-train {tmp}/nope.pt does not exist"),
     "teacher trained at another size": Case("run", evaluate("--image-size", "9"),
                                             "teacher weights {teacher} were trained at 16 px, this run uses "
                                             "--image-size 9; convnet-d2-w16's classifier depends on the image size"),
@@ -266,7 +319,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: str, work: dict[str,
     argv = [a.format(**names) for a in c.argv]
     before = tree(tmp_path, work["root"])
     try:
-        rc = call(c.entry, argv)
+        with warnings.catch_warnings(record=True) as warned:  # a warning would be more lines on stderr
+            warnings.simplefilter("always")
+            rc = call(c.entry, argv)
     finally:
         for p in tmp_path.iterdir():  # let pytest clean up what was made read-only
             p.chmod(stat.S_IRWXU | p.stat().st_mode)
@@ -276,6 +331,33 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: str, work: dict[str,
     assert c.message.format(**names) in err, err
     assert out == "", "nothing is printed before the error"
     assert tree(tmp_path, work["root"]) == before, "a failed command wrote something"
+    assert not [w for w in warned if "torch" in w.filename], [str(w.message) for w in warned]
+
+
+# A refused run in an --out that exists leaves no file there (the lock file included). Not a CASES entry:
+# checking that --out is writable creates and removes a probe file in it, which changes the folder's mtime.
+EXISTING_OUT = {
+    "--out holds a results.json rd3fast did not write": (evaluate(), "{out}/results.json is not an rd3fast results",
+                                                         lambda tmp: (tmp / "out" / "results.json").write_text("{}")),
+    "bad weights found after --out is locked": (evaluate(weights="{tmp}/w.pt"),
+                                                "weights file {tmp}/w.pt is not a torch checkpoint",
+                                                lambda tmp: (tmp / "w.pt").write_text("x")),
+}
+
+
+@pytest.mark.parametrize("case", list(EXISTING_OUT))
+def test_refused_run_leaves_no_lock_file_in_an_existing_out(case: str, work: dict[str, Path], tmp_path: Path,
+                                                            no_training: None,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    argv, message, setup = EXISTING_OUT[case]
+    (tmp_path / "out").mkdir()
+    setup(tmp_path)
+    names = {"teacher": work["teacher"], "syn": work["syn"], "tmp": tmp_path, "out": tmp_path / "out"}
+    files = {p: p.stat().st_mtime for p in tmp_path.rglob("*") if p.is_file()}
+    assert call("run", [a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(**names) in err, err
+    assert {p: p.stat().st_mtime for p in tmp_path.rglob("*") if p.is_file()} == files, "a lock file was left"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from rd3fast.bench import __main__ as bench
 from rd3fast.bench import default_sweep, estimate, store, sweepfile
 from rd3fast.bench import plan as sweep
 from rd3fast.bench.group import run_group
+from rd3fast.data import datasets
 from rd3fast.data.sets import load_real, write_image_folder
 from rd3fast.engine import train as training
 from rd3fast.engine.checkpoint import Interrupted
@@ -161,9 +162,13 @@ def test_run_ids_are_stable_and_follow_what_the_numbers_depend_on(work):
     assert ids(work) == first and len(set(first)) == 6
     assert ids(work, k=2) == first  # K at once does not change a run's numbers
     assert not set(ids(work, toml_text().replace("epochs = 2", "epochs = 3"))) & set(first)
-    # a set's file changed (its mtime): that set's runs only
+    # a set's file touched (its mtime only): the same content, the same runs
     png = next((work / "syn" / "other").rglob("*.png"))
     os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 10**9))
+    assert ids(work) == first
+    # a set's file changed (its content): that set's runs only
+    other = next(p for p in (work / "syn" / "random").rglob("*.png"))
+    png.write_bytes(other.read_bytes())
     touched = ids(work)
     assert [a == b for a, b in zip(first, touched)] == [r == "random" for r in ("random",) * 4 + ("other",) * 4]
     # other teacher weights: every run
@@ -303,7 +308,9 @@ def test_default_sweep_inputs_and_plan(work, monkeypatch):
     set under rd3-small and its method's own protocol, 3 seeds, the epochs shortened."""
     root = work / "default"
     (root / "syn").mkdir(parents=True)
-    shutil.copy2(work / "teacher.pt", root / "teacher.pt")
+    arch, size = default_sweep.DEFAULT_TEACHER, datasets.BUILTIN[default_sweep.DEFAULT_DATASET].image_size
+    # the default teacher's architecture at Fashion-MNIST's size: the plan loads every teacher it will use
+    save_weights(root / "teacher.pt", build_model(arch, 10, size), arch, num_classes=10, image_size=size)
     for name, src in zip(default_sweep.DEFAULT_SETS, ("random", "other")):
         shutil.copytree(work / "syn" / src, root / "syn" / name)
     monkeypatch.setattr(default_sweep, "_pretrain_teacher", lambda *a: pytest.fail("the teacher exists"))
@@ -328,3 +335,8 @@ def test_a_checkpoint_of_other_runs_is_discarded_not_an_error(work):
     Checkpointing(root / "groups" / group.key / "checkpoint.pt", identity={"runs": ["another"]}).save({"epoch": 1})
     [rec] = run_group(root, group, progress=False)
     assert rec["status"] == "ok" and not any("resumed" in n for n in rec["run"]["notes"])
+
+
+def test_parallel_seeds_zero_in_the_toml_names_the_key(work):
+    with pytest.raises(RD3Error, match=r"s\.toml: parallel_seeds = 0: expected an integer >= 1"):
+        sweepfile.load_sweep(write_sweep(work, toml_text(top="parallel_seeds = 0")))

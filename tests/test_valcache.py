@@ -69,7 +69,12 @@ def test_key_covers_source_size_ratio_decoder_and_listing(fm_jpg: Path, tmp_path
     assert key not in others and len(others) == 4
     f = root / "04" / "00003.jpg"
     st = f.stat()
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: new key
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched, same content: the same key
+    assert valcache.cache_key(root, 28, 0.875)[0] == key
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF  # rewritten with its old size and mtime: a new key (its content counts)
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     touched = valcache.cache_key(root, 28, 0.875)[0]
     assert touched != key
     (root / "04" / "extra.jpg").write_bytes(f.read_bytes())  # a file added: new key

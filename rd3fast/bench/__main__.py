@@ -1,15 +1,17 @@
 """``python -m rd3fast.bench``: a benchmark sweep that survives faults, then its leaderboard.
 
     python -m rd3fast.bench SWEEP.toml [--root ROOT] [--executor local|ray] [--address auto|HOST:PORT]
-        [--retry-failed] [--parallel-seeds K] [--checkpoint-every N] [--no-progress] [--dry-run]
+        [--retry-failed] [--restart] [--parallel-seeds K] [--checkpoint-every N] [--no-progress] [--dry-run]
     python -m rd3fast.bench report ROOT
     python -m rd3fast.bench [--root ROOT]      # the embedded default sweep on Fashion-MNIST
 
 The resolved runs and the estimated cost are printed before anything starts; ROOT/plan.json and every
 run's ROOT/runs/<id>/run.json are written before training; each group of runs (K at once) is trained by
 ``group.run_group`` through ``executors.run_groups`` (in this process, or as Ray tasks); the leaderboard
-is printed and written to ROOT/leaderboard.{md,csv,png}. Rerunning never retrains a finished run, resumes
-an interrupted group from its checkpoint, and retries failed runs only with ``--retry-failed``.
+is printed and written to ROOT/leaderboard.{md,csv,png,html}. Rerunning never retrains a finished run, resumes
+an interrupted group from its checkpoint, and retries failed runs only with ``--retry-failed``. A group
+checkpoint that cannot be read is set aside and its group starts over (``group``); ``--restart`` discards the
+checkpoints of the groups it trains on purpose (finished runs are still never retrained).
 
 Exit status: 0 when every run finished, 3 when some failed (one line each on stderr), 2 for bad input,
 128 + signal when interrupted (SIGINT/SIGTERM/SIGUSR1 checkpoint the running group first, local executor).
@@ -38,7 +40,7 @@ from .default_sweep import (
     default_inputs,
 )
 from .estimate import plan_summary
-from .group import run_group
+from .group import discard_checkpoint, run_group
 from .plan import Group, Plan, build_plan, distinct
 from .render import format_leaderboard, write_report
 from .store import read_result, status, to_train, write_plan
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="ray: auto or HOST:PORT of a running cluster [start a "
                                                    "local Ray]")
     p.add_argument("--retry-failed", action="store_true", help="train failed runs again")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints of the groups it trains and start them over (finished runs are "
+                        "kept, never retrained; default: resume each interrupted group from its checkpoint)")
     p.add_argument("--parallel-seeds", type=integer(1), default=None, metavar="K",
                    help="runs trained at once per group [the sweep's parallel_seeds, else 1]")
     p.add_argument("--checkpoint-every", type=integer(0), default=0, metavar="EPOCHS",
@@ -75,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_report_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m rd3fast.bench report",
-                       description="Print a sweep ROOT's leaderboard and write leaderboard.md/.csv/.png into it "
-                                   "(also while the sweep is running: unfinished runs are marked).")
+                       description="Print a sweep ROOT's leaderboard and write leaderboard.md/.csv/.png/.html into "
+                                   "it (also while the sweep is running: unfinished runs are marked).")
     p.add_argument("root", help="the sweep's results folder")
     return p
 
@@ -117,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(sw: Sweep, root: Path, args: argparse.Namespace) -> Plan:
     """The plan, printed with its status and estimated cost before anything starts."""
-    plan = build_plan(sw, args.parallel_seeds)
+    plan = build_plan(sw, args.parallel_seeds, progress=not args.no_progress)
     print(plan_summary(plan, root, args.retry_failed), flush=True)
     return plan
 
@@ -128,6 +133,9 @@ def _sweep(sw: Sweep, root: Path, args: argparse.Namespace) -> int:
     write_plan(root, plan)
     todo = {g.key: len(to_train(root, g.runs, args.retry_failed)) for g in plan.groups}
     groups = [g for g in plan.groups if todo[g.key]]
+    if args.restart:  # here, not in run_group: a Ray task re-run after its worker died must resume, not restart
+        discarded = sum(discard_checkpoint(root, g) for g in groups)
+        print(f"\n--restart: discarded {discarded} group checkpoint(s); their runs start over", flush=True)
     if groups:
         print(f"\ntraining {sum(todo.values())} runs in {len(groups)} groups ({args.executor} executor)", flush=True)
         outcomes = _execute(groups, root, args)

@@ -2,8 +2,10 @@
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Sequence
@@ -11,8 +13,8 @@ from typing import Sequence
 import torch
 
 from ..config import Config
-from ..data.folders import list_image_folder
 from ..data.datasets import BUILTIN, is_file_set, list_files
+from ..data.folders import list_image_folder
 from ..data.sets import ImageSet, load_real
 from ..engine import train as training
 from ..engine.experiment import Experiment, pick_device
@@ -22,18 +24,32 @@ from ..errors import RD3Error
 from ..results import environment
 from .identity import set_facts
 from .plan import Plan, RunSpec, distinct
-from .store import status, to_train
+from .store import status
 from .sweepfile import Sweep
+
+MAX_ROWS = 200  # rows of the plan table printed; the rest are counted (plan.json lists every run)
+MAX_TIMED = 16  # distinct setups whose step is timed; further ones are estimated at the median of those
+# Config keys that change the values a step computes, not the work it does: runs differing only in these are
+# timed once (a grid over lr x weight decay is one setup, not one per point).
+TIME_FREE = frozenset({
+    "preset", "seeds", "distilled", "val", "data_root", "val_cache", "class_map", "teacher_weights", "lr",
+    "momentum", "betas", "weight_decay", "sched", "zeta", "warmup_epochs", "step_size", "milestones", "gamma",
+    "lr_from_set", "temperature", "ce_target", "epochs", "eval_every", "eval_after", "cutmix_beta",
+    "mixup_alpha", "rrc_scale", "rrc_ratio", "flip_p", "zca_eps", "teacher_mean", "teacher_std", "mean", "std",
+})
 
 
 # ---------------------------------------------------------------------------------------------------
 # What is printed before anything starts
 # ---------------------------------------------------------------------------------------------------
-def plan_summary(plan: Plan, root: str | Path, retry_failed: bool = False, estimate: bool = True) -> str:
+def plan_summary(plan: Plan, root: str | Path, retry_failed: bool = False, estimate: bool = True,
+                 max_rows: int = MAX_ROWS) -> str:
     """The resolved runs as a compact table (one row per set x protocol x student x grid point: its seeds,
-    id prefixes and status), then the estimated cost of what is left to train."""
+    id prefixes and status; the first ``max_rows`` rows, then how many more), then the estimated cost of
+    what is left to train. Each run's status is read once."""
     sweep = plan.sweep
-    shared = len(plan.runs) - len(distinct(plan.runs))
+    first = distinct(plan.runs)
+    shared = len(plan.runs) - len(first)
     also = f" ({shared} of them shared by protocols that resolve alike: trained once)" if shared else ""
     lines = [f"sweep {sweep.path}: {len(plan.runs)} runs{also} in {len(plan.groups)} groups (at most "
              f"{plan.parallel_seeds} at once) -> {root}", "",
@@ -41,15 +57,19 @@ def plan_summary(plan: Plan, root: str | Path, retry_failed: bool = False, estim
     rows: dict[tuple, list[RunSpec]] = {}
     for r in plan.runs:
         rows.setdefault((r.set.name, r.protocol, r.preset, r.student, json.dumps(r.grid)), []).append(r)
-    states = {r.id: status(root, r.id) for r in plan.runs}
-    for (name, proto, preset, student, grid), runs in rows.items():
+    states = {r.id: status(root, r.id) for r in first}
+    for (name, proto, preset, student, _), runs in itertools.islice(rows.items(), max_rows):
         counts = {s: sum(states[r.id] == s for r in runs) for s in ("finished", "failed", "pending")}
         shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        point = ", ".join(f"{k}={v}" for k, v in json.loads(grid).items()) or "-"
+        point = ", ".join(f"{k}={v}" for k, v in runs[0].grid.items()) or "-"
         lines.append(f"| {name} | {proto} ({preset}) | {student} | {point} | {','.join(str(r.seed) for r in runs)} | "
                      f"{','.join(r.id[:6] for r in runs)} | {shown} |")
+    if len(rows) > max_rows:
+        lines.append(f"| ... {len(rows) - max_rows:,} more rows ({len(plan.runs):,} runs in all: ROOT/plan.json "
+                     "lists every one) |")
     if estimate:
-        lines += ["", estimate_cost(plan, to_train(root, distinct(plan.runs), retry_failed))]
+        wanted = ("pending", "failed") if retry_failed else ("pending",)
+        lines += ["", estimate_cost(plan, [r for r in first if states[r.id] in wanted])]
     return "\n".join(lines)
 
 
@@ -85,11 +105,14 @@ def _estimate_seconds(plan: Plan, pending: Sequence[RunSpec]) -> tuple[float, st
     """Each group's pending runs, K at once as ``group.run_group`` trains them: steps x the timed step of K
     runs, plus every run's evaluation batches x the timed evaluation batch."""
     wanted = {r.id for r in pending}
-    facts = {s.path: set_facts(s.path) for s in {r.set for r in pending}}
+    facts = {s.path: plan.facts.get(s.path) or set_facts(s.path) for s in {r.set for r in pending}}
     val_images = _val_images(plan.sweep)
     device = pick_device(pending[0].config.device)
     timed: dict[str, tuple[float, float]] = {}
     shown: dict[str, str] = {}
+    setups: dict[str, str] = {}  # group_bucket -> its timing setup
+    evals: dict[tuple, int] = {}  # (epochs, eval_every, eval_after) -> evaluations of a run
+    guessed = 0  # groups of setups beyond MAX_TIMED: the median timed step
     total = 0.0
     for group in plan.groups:
         todo = [r for r in group.runs if r.id in wanted]
@@ -97,24 +120,35 @@ def _estimate_seconds(plan: Plan, pending: Sequence[RunSpec]) -> tuple[float, st
             continue
         wanted -= {r.id for r in todo}  # a run shared by two protocols is trained once
         cfg, f = todo[0].config, facts[todo[0].set.path]
-        size = cfg.image_size or (BUILTIN[cfg.dataset].image_size if cfg.dataset else f.image_size)
-        setup = json.dumps([{k: v for k, v in cfg.to_dict().items() if k not in ("seeds", "distilled")},
-                            f.classes, size, len(todo)], sort_keys=True, default=str)
-        if setup not in timed:
+        size = cfg.image_size or (BUILTIN[cfg.dataset].image_size if cfg.dataset else cfg.load_size or f.image_size)
+        bucket = (todo[0].bucket or json.dumps(cfg.to_dict(), sort_keys=True)) + f"|{f.classes}|{size}|{len(todo)}"
+        if bucket not in setups:
+            setups[bucket] = json.dumps([{k: v for k, v in cfg.to_dict().items() if k not in TIME_FREE},
+                                         f.classes, size, len(todo)], sort_keys=True, default=str)
+        setup = setups[bucket]
+        if setup not in timed and len(timed) < MAX_TIMED:
             exp = _timing_experiment(cfg, f.classes, size, device)
             eval_s = _time_eval(exp)
             timed[setup] = (training.time_step(exp, len(todo)), eval_s)
             shown[setup] = (f"{cfg.student} x {len(todo)} + {'+'.join(cfg.teacher) or 'no teacher'} at {size} px, "
                             f"batch {cfg.batch_size}: {timed[setup][0] * 1e3:.0f} ms/step")
-        step_s, eval_s = timed[setup]
+        if setup in timed:
+            step_s, eval_s = timed[setup]
+        else:
+            guessed += 1
+            step_s, eval_s = (statistics.median(t[i] for t in timed.values()) for i in (0, 1))
         total += run_steps(cfg, todo[0].images) * step_s
         for r in todo:
-            evals = sum(training.should_eval(r.config, e) for e in range(r.config.epochs))
+            when = (r.config.epochs, r.config.eval_every, r.config.eval_after)
+            if when not in evals:
+                evals[when] = sum(training.should_eval(r.config, e) for e in range(r.config.epochs))
             held = r.heldout.size if r.heldout is not None else 0
-            total += evals * math.ceil((val_images + held) / r.config.eval_batch_size) * eval_s
+            total += evals[when] * math.ceil((val_images + held) / r.config.eval_batch_size) * eval_s
     name = environment(device)["device"]
+    more = (f"; {guessed} groups of further setups at the median of these (at most {MAX_TIMED} setups are timed)"
+            if guessed else "")
     return total, name, (f"the engine's step and an evaluation batch timed just now on {name}, random weights: "
-                         + "; ".join(shown.values()))
+                         + "; ".join(shown.values()) + more)
 
 
 def _timing_experiment(cfg: Config, classes: int, size: int, device: torch.device) -> Experiment:

@@ -1,5 +1,9 @@
 """Training one group: its unfinished runs K at once through the engine's one loop, each run's results.json
 written when the group ends; an interrupted group resumes from ROOT/groups/<key>/checkpoint.pt.
+
+A checkpoint that cannot be read is renamed aside (``checkpoint.pt.unreadable-<time>``, one line on stderr)
+and the group starts over, so rerunning the command recovers from it; ``discard_checkpoint`` is what
+``--restart`` does to each group it trains.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 import torch
 
 from ..data.sets import ImageSet, expand_channels, heldout_split
+from ..data.tensors import LoadFailed, safe_load
 from ..engine import train as training
 from ..engine.checkpoint import Checkpointing, StopRequest
 from ..engine.experiment import Experiment, load_more_sets, prepare
@@ -21,6 +26,8 @@ from ..lock import OutputLock
 from ..results import environment, write_json
 from .plan import SCHEMA, Group, RunSpec
 from .store import GROUPS, RESULTS, read_result, run_dir, to_train
+
+CHECKPOINT = "checkpoint.pt"  # in ROOT/groups/<key>/: the group's training state while it is unfinished
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -49,7 +56,7 @@ def _train_group(root: str | Path, folder: Path, key: str, todo: list[RunSpec], 
     ids = [r.id for r in todo]
     device = "?"
     # Its identity: the runs it trains (a checkpoint of another subset of the group is refused, not mixed in).
-    ckpt = Checkpointing(folder / "checkpoint.pt", checkpoint_every, stop, {"runs": ids})
+    ckpt = Checkpointing(folder / CHECKPOINT, checkpoint_every, stop, {"runs": ids}, set_aside_unreadable=True)
     if _stale(ckpt):  # left by an attempt on other runs of the group, which have finished since
         ckpt.discard()
     try:
@@ -82,10 +89,22 @@ def _stale(ckpt: Checkpointing) -> bool:
     if not ckpt.path.is_file():
         return False
     try:
-        state = torch.load(ckpt.path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - an unreadable file is Checkpointing.load's to report
+        state = safe_load(ckpt.path, mmap=True)
+    except LoadFailed:  # an unreadable file is Checkpointing.load's to set aside
         return False
-    return isinstance(state, dict) and state.get("identity") != ckpt.identity
+    return isinstance(state, dict) and "identity" in state and state["identity"] != ckpt.identity
+
+
+def discard_checkpoint(root: str | Path, group: Group) -> bool:
+    """``--restart``: delete the group's checkpoint (under its lock: never one a trainer is writing), so its
+    runs start over; whether there was one."""
+    folder = Path(root) / GROUPS / group.key
+    if not (folder / CHECKPOINT).exists():
+        return False
+    with OutputLock.folder(folder, flag=f"group {group.key}"):
+        had = (folder / CHECKPOINT).exists()
+        (folder / CHECKPOINT).unlink(missing_ok=True)
+    return had
 
 
 def _experiment(todo: list[RunSpec], progress: bool) -> Experiment:
@@ -96,7 +115,8 @@ def _experiment(todo: list[RunSpec], progress: bool) -> Experiment:
     if held is not None:
         h = heldout_split(exp.cfg.dataset, held.size, held.seed, image_size=exp.cfg.image_size,
                           data_root=exp.cfg.data_root, progress=progress)
-        exp = dataclasses.replace(exp, heldout=ImageSet(expand_channels(h.images, exp.channels), h.labels, h.classes, h.source))
+        exp = dataclasses.replace(exp, heldout=ImageSet(expand_channels(h.images, exp.channels), h.labels, h.classes,
+                                                        h.source))
     return exp
 
 

@@ -1,25 +1,37 @@
 """The plan of a sweep: every run (set x protocol x student x grid point x seed) with its resolved Config and
-its id (``identity.run_id``), grouped K at once (``group_runs``: runs that differ only in seed and set, on
-sets of one size). Results live in ``ROOT/runs/<id>/`` (``store``); ``group.run_group`` trains one group;
-the CLI is ``python -m rd3fast.bench``.
+its id (``identity``: the config and its inputs by content), grouped K at once (``group_runs``: runs that
+differ only in seed and set, on sets of one size). Results live in ``ROOT/runs/<id>/`` (``store``);
+``group.run_group`` trains one group; the CLI is ``python -m rd3fast.bench``.
+
+Planning is linear in the runs, so a large grid costs time in proportion and a slip in one (a million
+runs) is refused up front (``sweepfile.check_size``, ``max_runs``) instead of hanging: each grid point's
+config is built and checked once and serialized once, its seeds derived from it, and each input read and
+hashed once per plan.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from .. import config as config_mod
 from ..config import Config
+from ..data.content import HashCache, inputs_identity, split_identity, test_set_identity
 from ..errors import RD3Error
-from .identity import run_id, set_facts, sha256_file
-from .sweepfile import Protocol, Select, SetSpec, Sweep
+from ..progress import iterate
+from .identity import SetFacts, identity_base, seeded_id, set_facts
+from .sweepfile import Protocol, Select, SetSpec, Sweep, check_size
+from .teachers import check_teachers
 
 SCHEMA = 1  # of plan.json and results.json
+PROGRESS_FROM = 20_000  # runs from which planning says it is planning, with a bar on a terminal
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -40,6 +52,7 @@ class RunSpec:
     teachers: tuple[dict[str, str], ...]  # arch, weights, sha256
     config: Config
     heldout: Select | None = None  # evaluate on this held-out split too (a [select] sweep)
+    bucket: str = ""  # group_bucket(config, images), computed once per config by build_plan ("": not yet)
 
     def info(self) -> dict[str, Any]:
         """ROOT/runs/<id>/run.json (and plan.json's "runs")."""
@@ -65,6 +78,7 @@ class Plan:
     runs: tuple[RunSpec, ...]
     groups: tuple[Group, ...]
     parallel_seeds: int
+    facts: dict[str, SetFacts] = field(default_factory=dict)  # set path -> what was read of it at plan time
 
     def to_json(self) -> dict[str, Any]:
         """ROOT/plan.json."""
@@ -82,42 +96,135 @@ def grid_points(grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
 
 def resolve_run_config(sweep: Sweep, s: SetSpec, proto: Protocol, student: str, point: dict[str, Any],
                        seed: int) -> Config:
-    """preset < top-level keys < protocol keys < grid point < what the sweep sets (set, student, seed...)."""
+    """preset < top-level keys < protocol keys < grid point < what the sweep sets (set, student, seed...):
+    ``config.resolve``'s result, built with one check of the config instead of three (see ``_preset_values``)."""
     preset = proto.preset_for(s.method)
     fixed = dict(distilled=s.path, dataset=sweep.dataset, data_root=sweep.data_root, val=sweep.val,
                  student=student, seeds=(seed,),
                  teacher=tuple(t.arch for t in sweep.teachers),
                  teacher_weights=tuple(t.weights for t in sweep.teachers), parallel_seeds=1)
+    overrides = {**sweep.overrides, **proto.overrides, **point, **fixed}
+    if "lr" in overrides:  # config.resolve's rule: a number given for lr is trained with, also under a preset
+        overrides = {"lr_from_set": False, **overrides}  # that takes it from the set (mtt, datm)
     try:
-        return config_mod.resolve(preset, overrides={**sweep.overrides, **proto.overrides, **point, **fixed})
+        return Config(**{**_preset_values(preset), **overrides, "preset": preset})
     except RD3Error as e:
         raise RD3Error(f"{sweep.path}: protocol {proto.name!r} ({preset}), set {s.name!r}"
                        f"{', grid ' + json.dumps(point) if point else ''}: {e}") from None
 
 
-def build_plan(sweep: Sweep, parallel_seeds: int | None = None) -> Plan:
+@functools.lru_cache(maxsize=None)
+def _preset_values_cached(name: str) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, config_mod.coerce(k, v)) for k, v in config_mod.preset(name).to_dict().items())
+
+
+def _preset_values(name: str) -> dict[str, Any]:
+    """A preset's fields coerced as ``config.resolve`` coerces them, once per preset. The sweep's own values
+    are coerced when the file is parsed (sweepfile), so a run's Config is built and checked once; through
+    ``config.resolve`` it was built three times (the preset, every value coerced again, the result), most of
+    the time of planning a large grid (tests/test_identity.py checks the two agree)."""
+    return dict(_preset_values_cached(name))
+
+
+def _with_seed(cfg: Config, seed: int) -> Config:
+    """``cfg`` with seeds (seed,), without checking it again: every other field is the checked config's, and
+    the seed was checked with the sweep's seeds (sweepfile). ``Config.replace`` would check every field
+    again per seed, half the time of planning a grid point."""
+    out = copy.copy(cfg)
+    object.__setattr__(out, "seeds", (seed,))
+    return out
+
+
+class _Inputs:
+    """The inputs of a plan's runs by content (``data.content``), each read once per plan however many runs
+    share it, through one stat-keyed hash cache."""
+
+    def __init__(self, sweep: Sweep, progress: bool) -> None:
+        self.sweep, self.progress = sweep, progress
+        self.cache = HashCache()
+        self.test = test_set_identity(sweep.dataset, sweep.data_root, sweep.val, self.cache, progress)
+        shas = {t.weights: self.cache.sha256(t.weights) for t in sweep.teachers}
+        self.teachers = tuple({"arch": t.arch, "weights": t.weights, "sha256": shas[t.weights]} for t in sweep.teachers)
+        self.teacher_sha256 = [t["sha256"] for t in self.teachers]
+        self.heldout = None
+        if sweep.select is not None:
+            train = split_identity(sweep.dataset, "train", sweep.data_root, self.cache, progress)
+            self.heldout = {"size": sweep.select.size, "seed": sweep.select.seed, "train": train}
+        self.cache.flush()
+        self._facts: dict[tuple, SetFacts] = {}
+        self._files: dict[tuple, dict[str, Any]] = {}
+        self.facts: dict[str, SetFacts] = {}  # set path -> its facts (the first read)
+
+    def set_facts(self, s: SetSpec, proto: Protocol, cfg: Config) -> SetFacts:
+        """The set read as its run reads it (class map, --mean/--std, --aug dsa): once per distinct way."""
+        key = (s.path, cfg.class_map, tuple(cfg.mean), tuple(cfg.std), cfg.aug == "dsa")
+        if key not in self._facts:
+            try:
+                self._facts[key] = set_facts(s.path, cfg, self.cache)
+            except RD3Error as e:
+                raise RD3Error(f"{self.sweep.path}: [[sets]] {s.name!r} under protocol {proto.name!r}: {e}") from None
+            self.facts.setdefault(s.path, self._facts[key])
+        return self._facts[key]
+
+    def files(self, cfg: Config) -> dict[str, Any]:
+        """``content.inputs_identity`` of the run's class map and ZCA source, once per distinct value."""
+        key = (cfg.class_map, cfg.zca, cfg.zca_train, cfg.dataset, cfg.data_root)
+        if key not in self._files:
+            try:
+                self._files[key] = inputs_identity(cfg, self.cache, self.progress)
+            except RD3Error as e:
+                raise RD3Error(f"{self.sweep.path}: {e}") from None
+        return self._files[key]
+
+
+def build_plan(sweep: Sweep, parallel_seeds: int | None = None, progress: bool = True) -> Plan:
     """Every run of the sweep (sets x protocols x students x grid x seeds, in that order), with ids, grouped
-    at most K = ``parallel_seeds`` (default: the sweep's) at once."""
+    at most K = ``parallel_seeds`` (default: the sweep's) at once.
+
+    Linear in the runs: each (set, protocol, student, grid point) is resolved and serialized once and its
+    seeds derived from it; each input is read and hashed once per plan. A grid above ``max_runs`` is refused
+    before anything is read; one of ``PROGRESS_FROM`` runs or more says so on stderr and shows a bar (on a
+    terminal)."""
     k = parallel_seeds or sweep.parallel_seeds
     if k < 1:
         raise RD3Error(f"--parallel-seeds: expected an integer >= 1, got {k}")
-    facts = {s.path: set_facts(s.path) for s in sweep.sets}
-    sha = {t.weights: sha256_file(t.weights) for t in sweep.teachers}
-    teachers = tuple({"arch": t.arch, "weights": t.weights, "sha256": sha[t.weights]} for t in sweep.teachers)
+    n = check_size(sweep)
+    announce = progress and n >= PROGRESS_FROM
+    if announce:
+        print(f"rd3fast bench: planning {n:,} runs", file=sys.stderr, flush=True)
+    inputs = _Inputs(sweep, progress)
     runs, seen = [], {}
-    for s, proto, student, point, seed in itertools.product(sweep.sets, sweep.protocols, sweep.students,
-                                                            grid_points(sweep.grid), sweep.seeds):
-        cfg = resolve_run_config(sweep, s, proto, student, point, seed)
-        rid = run_id(cfg, facts[s.path].fingerprint, [t["sha256"] for t in teachers], sweep.select)
-        # The same id twice: two protocols that resolve alike (random-real under `own` is rd3) share the
-        # run, trained once and reported under both; two sets of identical content are a mistake.
-        if rid in seen and seen[rid] != s.name:
-            raise RD3Error(f"{sweep.path}: sets {seen[rid]!r} and {s.name!r} hold the same images (same "
-                           "fingerprint); list the set once")
-        seen[rid] = s.name
-        runs.append(RunSpec(rid, s, facts[s.path].images, proto.name, cfg.preset, student, seed, point, teachers,
-                            cfg, sweep.select))
-    return Plan(sweep, tuple(runs), group_runs(runs, k), k)
+    combos = itertools.product(sweep.sets, sweep.protocols, sweep.students, grid_points(sweep.grid))
+    total = n // len(sweep.seeds)
+    for s, proto, student, point in iterate(combos, total=total, desc="plan", unit="config", enabled=announce):
+        cfg0 = resolve_run_config(sweep, s, proto, student, point, sweep.seeds[0])
+        facts = inputs.set_facts(s, proto, cfg0)
+        as_dict = cfg0.to_dict()  # once: identity and group bucket both serialize it
+        base = identity_base(cfg0, facts.identity, inputs.test, inputs.teacher_sha256, inputs.heldout,
+                             inputs.files(cfg0), as_dict)
+        bucket = group_bucket(cfg0, facts.images, as_dict)
+        for seed in sweep.seeds:
+            cfg = cfg0 if seed == sweep.seeds[0] else _with_seed(cfg0, seed)
+            rid = seeded_id(base, (seed,))
+            # The same id twice: two protocols that resolve alike (random-real under `own` is rd3) share the
+            # run, trained once and reported under both; two sets of identical content are a mistake.
+            if rid in seen and seen[rid] != s.name:
+                raise RD3Error(f"{sweep.path}: sets {seen[rid]!r} and {s.name!r} hold the same images (same "
+                               "content); list the set once")
+            seen[rid] = s.name
+            runs.append(RunSpec(rid, s, facts.images, proto.name, cfg.preset, student, seed, point, inputs.teachers,
+                                cfg, sweep.select, bucket))
+    # Every teacher loads into its architecture at the runs' class count and size: a bad one is found now,
+    # not when its group comes up (hours into a sweep).
+    check_teachers(sweep, [(r.config, inputs.facts[r.set.path]) for r in distinct(runs)])
+    return Plan(sweep, tuple(runs), group_runs(runs, k), k, inputs.facts)
+
+
+def group_bucket(cfg: Config, images: int, as_dict: dict[str, Any] | None = None) -> str:
+    """What runs trained at once share, as a digest: the config but seeds and set, and the set's size
+    (``as_dict``: ``cfg.to_dict()`` when the caller has it)."""
+    shared = {k_: v for k_, v in (as_dict or cfg.to_dict()).items() if k_ not in ("seeds", "distilled")}
+    return hashlib.sha256(json.dumps([shared, images], sort_keys=True).encode()).hexdigest()
 
 
 def distinct(runs: Iterable[RunSpec]) -> list[RunSpec]:
@@ -134,8 +241,7 @@ def group_runs(runs: Sequence[RunSpec], k: int) -> tuple[Group, ...]:
     on every rerun."""
     buckets: dict[str, list[RunSpec]] = {}
     for r in distinct(runs):
-        shared = {k_: v for k_, v in r.config.to_dict().items() if k_ not in ("seeds", "distilled")}
-        buckets.setdefault(json.dumps([shared, r.images], sort_keys=True), []).append(r)
+        buckets.setdefault(r.bucket or group_bucket(r.config, r.images), []).append(r)
     groups = []
     for members in buckets.values():
         for at in range(0, len(members), k):

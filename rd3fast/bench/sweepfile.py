@@ -3,6 +3,7 @@ grid, held-out selection), every bad key or value one line naming it (README "Be
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +43,15 @@ SCHEMA_SET = {"preset": "protocols.<name>.preset", "distilled": "[[sets]]", "dat
               "teacher": "[[teachers]]", "teacher_weights": "[[teachers]]"}
 
 
-TOP_KEYS = ("root", "dataset", "data_root", "val", "seeds", "students", "teachers", "sets", "protocols", "grid", "select")
+TOP_KEYS = ("root", "dataset", "data_root", "val", "seeds", "students", "teachers", "sets", "protocols", "grid",
+            "select", "max_runs")
+
+
+MAX_RUNS = 100_000  # runs a sweep may plan unless its max_runs says more (check_size)
+
+
+# Config keys naming a file the sweep does not set itself: relative to the TOML's folder, like its own paths.
+PATH_KEYS = ("class_map", "zca_train")
 
 
 SET_KEYS = ("name", "path", "method", "ipc", "baseline")
@@ -118,6 +127,26 @@ class Sweep:
     overrides: dict[str, Any]  # Config keys at the top level: every run
     parallel_seeds: int = 1  # the sweep's default K (--parallel-seeds overrides it)
     data_root: str | None = None  # absolute: where `dataset` lies (None: $RD3FAST_DATA, or a set that needs none)
+    max_runs: int = MAX_RUNS  # a sweep of more runs is refused when the file is read, naming this key
+
+
+def count_runs(sweep: Sweep) -> int:
+    """sets x protocols x students x grid points x seeds: the runs a plan lists (before protocols that
+    resolve alike share theirs)."""
+    return (len(sweep.sets) * len(sweep.protocols) * len(sweep.students) * math.prod(map(len, sweep.grid.values()))
+            * len(sweep.seeds))
+
+
+def check_size(sweep: Sweep) -> int:
+    """The number of runs, or one RD3Error when it is above the sweep's ``max_runs``: a slip in a grid makes
+    millions of runs, whose planning takes minutes and whose table nobody reads. Checked when the file is
+    parsed, before anything is read or hashed."""
+    n = count_runs(sweep)
+    if n > sweep.max_runs:
+        raise RD3Error(f"{sweep.path}: {n:,} runs (sets x protocols x students x grid points x seeds) are more than "
+                       f"max_runs = {sweep.max_runs:,}; to plan them anyway write max_runs = {n} at the top level of "
+                       "the sweep file")
+    return n
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -157,9 +186,14 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
     _known(raw, TOP_KEYS, where, "the top level", config_keys=True)
     top = _overrides({k: v for k, v in raw.items() if k not in TOP_KEYS}, where, "the top level")
     parallel = top.pop("parallel_seeds", 1)
+    if parallel < 1:
+        raise RD3Error(f"{where}: parallel_seeds = {parallel}: expected an integer >= 1 (runs trained at once per group)")
     dataset, val = _test_set(raw, base, where)
     data_root = _data_root(raw, dataset, base, where)
     root = raw.get("root")
+    max_runs = _typed(raw.get("max_runs", MAX_RUNS), int, where, "max_runs")
+    if max_runs < 1:
+        raise RD3Error(f"{where}: max_runs = {max_runs}: expected an integer >= 1 (the most runs this sweep may plan)")
     seeds = config_mod.coerce("seeds", _list(raw, "seeds", where, default=[0]), label=f"{where}: seeds")
     try:
         Config(seeds=seeds)  # its checks: at least one, in range, none twice (each run gets one of them)
@@ -177,7 +211,8 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
     sweep = Sweep(path=str(where), root=str(base / _typed(root, str, where, "root")) if root is not None else None,
                   dataset=dataset, val=val, seeds=seeds, students=students, teachers=teachers, sets=sets,
                   protocols=protocols, grid=grid, select=select, overrides=top, parallel_seeds=parallel,
-                  data_root=data_root)
+                  data_root=data_root, max_runs=max_runs)
+    check_size(sweep)
     for s in sets:  # an unknown method under `own` is an error now, not when its runs come up
         for proto in protocols:
             try:
@@ -238,6 +273,8 @@ def _overrides(table: dict[str, Any], where: Path, what: str) -> dict[str, Any]:
             raise RD3Error(f"{where}: unknown key {key!r} in {what}; expected a Config key "
                            "(python -m rd3fast.run --help)")
         out[key] = config_mod.coerce(key, value, label=f"{where}: {what}: {key}")
+        if key in PATH_KEYS and out[key] is not None and out[key] not in BUILTIN:  # zca_train may name a dataset
+            out[key] = str((where.parent / Path(out[key]).expanduser()).absolute())
     return out
 
 

@@ -4,7 +4,8 @@
 ``listing_cache``: ImageNet-size listings cached) / ``tensors`` (.pt/.npz and MTT folders) / the named
 datasets' native readers (``cifar``, ``mnist`` + ``idx``, ``tiny_imagenet``, ``imagenet``; ``datasets`` is
 their registry: defaults, class order, --data-root) -> ``sets`` (ImageSet, real and distilled sets) ->
-``backends/`` (PIL, DALI, FFCV readers) -> ``valcache`` (the decoded validation cache); ``pixels`` (uint8
+``backends/`` (PIL, DALI, FFCV readers) -> ``valcache`` (the decoded validation cache); ``content``: what a
+run's identity hashes (file contents through a stat-keyed cache); ``pixels`` (uint8
 <-> normalized float, resizes) and ``zca`` (ZCA whitening) are used by everything above. Nothing here
 trains or imports a model.
 """

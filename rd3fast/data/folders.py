@@ -43,15 +43,31 @@ def read_class_map(path: str | Path) -> list[str]:
         raise RD3Error(f"class map {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RD3Error(f"cannot read class map {p}: {e}") from None
+    return unique_lines(text, f"class map {p}", "one class folder name per line")
+
+
+def unique_lines(text: str, what: str, expected: str) -> list[str]:
+    """The non-blank lines of a names file (a class map, Tiny-ImageNet's wnids.txt), stripped, in order; an
+    empty file or a name listed twice is an RD3Error naming ``what``."""
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise RD3Error(f"class map {p} is empty; expected one class folder name per line")
+        raise RD3Error(f"{what} is empty; expected {expected}")
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise RD3Error(f"class map {p} lists {name!r} twice; each class folder must appear once")
+            raise RD3Error(f"{what} lists {name!r} twice; each class must appear once")
         seen.add(name)
     return names
+
+
+def visible_entries(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` not hidden (names starting with "."); one that cannot be listed is an
+    RD3Error naming it."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if not e.name.startswith(".")]
+    except OSError as e:
+        raise RD3Error(f"cannot list {folder}: {e.strerror or e}") from None
 
 
 def _visible_entries(folder: Path, what: str, suffixes: tuple[str, ...] = ()) -> list[tuple[Path, os.stat_result]]:

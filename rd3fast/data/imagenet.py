@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from ..errors import RD3Error
-from .folders import IMAGE_EXTS, ImageList, class_names, list_images
+from .folders import IMAGE_EXTS, ImageList, class_names, list_images, visible_entries
 from .listing_cache import cached_listing
 
 KAGGLE_CLS_LOC = "ILSVRC/Data/CLS-LOC"  # where Kaggle's archive keeps train/ and val/
@@ -71,14 +71,6 @@ def find_imagenet(data_root: str | Path, name: str) -> Path:
             return folder
     raise RD3Error(f"no {NAMES[name]} in {root}: looked for train/ or val/ in it and in its sub-folders "
                    + ", ".join(IMAGENET_DIRS[name]))
-
-
-def _visible(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as it:
-            return [e for e in it if not e.name.startswith(".")]
-    except OSError as e:
-        raise RD3Error(f"cannot list {folder}: {e.strerror or e}") from None
 
 
 def _check_fixed(name: str, classes: tuple[str, ...] | list[str], where: Path) -> None:
@@ -145,7 +137,7 @@ def read_val_csv(path: Path) -> dict[str, tuple[str, int]]:
 def _flat_val(val: Path, base: Path, train_classes: list[str] | None, name: str) -> ImageList:
     """A flat val/ labelled by LOC_val_solution.csv. Images without a row are an error; rows without an image
     are ignored (Kaggle's CSV covers all 50,000 images, and a partial copy of val/ is fine)."""
-    if not any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in _visible(val)):
+    if not any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in visible_entries(val)):
         raise RD3Error(f"{val} has neither class folders nor {'/'.join(IMAGE_EXTS)} images")
     candidates = _csv_candidates(base)
     found = next((c for c in candidates if c.is_file()), None)
@@ -209,7 +201,7 @@ def list_imagenet(root: str | Path, split: str, name: str = "imagenet",
         raise RD3Error(f"{val} is missing; {NAMES[name]}'s validation images go in val/<wnid>/ "
                        f"(or flat, with Kaggle's {VAL_CSV})")
     train_classes = class_names(train, None) if train.is_dir() else None
-    if not any(e.is_dir() for e in _visible(val)):
+    if not any(e.is_dir() for e in visible_entries(val)):
         return _flat_val(val, base, train_classes, name)
     listing = cached_listing(val, cache_dir=cache_dir)
     if train_classes is not None:

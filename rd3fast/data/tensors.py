@@ -11,6 +11,8 @@ put far outside [0, 1] mean they are the wrong ones, which is an error rather th
 """
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -113,12 +115,77 @@ def _model_space_images(x: torch.Tensor, path: Path) -> torch.Tensor:
     return x.float().contiguous()
 
 
+class LoadFailed(Exception):
+    """A file ``safe_load`` could not read. ``reason`` says why in one line; ``refused`` names what a safe load
+    will not unpickle (a global such as ``pathlib.PosixPath``), None for a damaged or foreign file; ``cause``
+    is torch's own exception."""
+
+    def __init__(self, reason: str, refused: str | None, cause: BaseException) -> None:
+        super().__init__(reason)
+        self.reason, self.refused, self.cause = reason, refused, cause
+
+
+def safe_load(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU: every file rd3fast reads with torch (tensor sets,
+    MTT files, weights, checkpoints) comes through here, so each refusal is one line (``LoadFailed``).
+
+    weights_only, because a downloaded set or checkpoint is data and must not run code. Torch's own refusal
+    is a dozen lines of advice to pass weights_only=False (unsafe for a file from elsewhere, and useless for
+    one that is no checkpoint), and its warnings (a pickle protocol other than 2, a TorchScript archive) are
+    multi-line text on stderr; both are reduced here to the one reason a caller puts in its RD3Error."""
+    with warnings.catch_warnings(record=True) as said:  # kept from stderr; a failure's reason may use them
+        warnings.simplefilter("always")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+            failure = e
+    reason, refused = _load_reason(failure, [str(w.message) for w in said])
+    raise LoadFailed(reason, refused, failure) from None
+
+
+# What torch's weights-only unpickler says when it refuses something, and how rd3fast says it.
+_REFUSALS = (
+    (re.compile(r"GLOBAL (\S+) was not an allowed global"), "it needs a global torch refuses to unpickle: {}"),
+    (re.compile(r"unsupported GLOBAL (\S+) whose module"), "it needs a global torch refuses to unpickle: {}"),
+    (re.compile(r"classes allowlisted via `add_safe_globals` but got (<class '[^']+'>|\S+)"),
+     "it builds an object torch refuses to unpickle: {}"),
+    (re.compile(r"unrecognized function (\S+)"), "it calls a function torch refuses to unpickle: {}"),
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+_PROTOCOL = re.compile(r"Detected pickle protocol (\d+)")
+
+
+def _load_reason(e: BaseException, warned: Sequence[str] = ()) -> tuple[str, str | None]:
+    """(one line saying why torch.load failed, the refused global or None), from torch's message and the
+    warnings it gave on the way."""
+    text = _ANSI.sub("", str(e))
+    for pattern, say in _REFUSALS:
+        m = pattern.search(text)
+        if m:
+            name = m.group(1).strip("<>").removeprefix("class ").strip("'")
+            return say.format(name), name
+    if isinstance(e, OSError) and e.strerror:
+        return f"it cannot be read: {e.strerror}", None
+    protocol = next((m.group(1) for w in warned if (m := _PROTOCOL.search(w))), None)
+    if protocol is not None:  # e.g. pickle.dump's default protocol: its FRAME opcode is "Unsupported operand 149"
+        return (f"it was pickled with protocol {protocol}, which torch's safe loader does not read; save it with "
+                "torch.save"), None
+    if "WeightsUnpickler error:" in text:  # the part of torch's message that says what went wrong
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "").split(". ")[0]
+    return (f"{type(e).__name__}: {line[:200]}" if line else type(e).__name__), None
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        # weights_only: a distilled set is data; refuse pickled code from a downloaded file.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RD3Error(f"cannot read tensor file {path}: {e}") from None
+        return safe_load(path)
+    except LoadFailed as e:
+        if e.refused is not None:
+            raise RD3Error(f"{path} is not a tensor file rd3fast can read safely ({e.reason}); save plain tensors "
+                           "(a dict of images and labels, or an (images, labels) pair) with torch.save") from None
+        raise RD3Error(f"cannot read tensor file {path} ({e.reason})") from None
 
 
 def _pick(d: dict, keys: Sequence[str], path: Path, what: str) -> Any:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from ..errors import RD3Error
-from .folders import IMAGE_EXTS, ImageList, list_images
+from .folders import IMAGE_EXTS, ImageList, list_images, unique_lines, visible_entries
 
 TINY_DIR = "tiny-imagenet-200"
 SPLITS = ("train", "val")
@@ -44,33 +44,17 @@ def find_tiny(data_root: str | Path) -> Path:
 def read_wnids(path: Path) -> list[str]:
     """wnids.txt's ids in file order (blank lines ignored); duplicates and an empty file are errors."""
     try:
-        wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise RD3Error(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not wnids:
-        raise RD3Error(f"{path} is empty; expected one WordNet id (e.g. n01443537) per line")
-    seen: set[str] = set()
-    for wnid in wnids:
-        if wnid in seen:
-            raise RD3Error(f"{path} lists {wnid} twice; each class must appear once")
-        seen.add(wnid)
-    return wnids
-
-
-def _names(folder: Path) -> list[os.DirEntry[str]]:
-    """The visible entries of a folder; one that cannot be listed is an error naming it."""
-    try:
-        with os.scandir(folder) as it:
-            return [e for e in it if not e.name.startswith(".")]
-    except OSError as e:
-        raise RD3Error(f"cannot list {folder}: {e.strerror or e}") from None
+    return unique_lines(text, str(path), "one WordNet id (e.g. n01443537) per line")
 
 
 def _images(folder: Path, what: str) -> list[Path]:
     """The images of a folder, sorted by name; a missing or image-less folder is an error naming it."""
     if not folder.is_dir():
         raise RD3Error(f"{what} {folder} is missing")
-    if not any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in _names(folder)):
+    if not any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in visible_entries(folder)):
         raise RD3Error(f"{what} {folder} has no {'/'.join(IMAGE_EXTS)} images")
     return list_images(folder)
 
@@ -119,7 +103,7 @@ def list_tiny(root: str | Path, split: str) -> ImageList:
         train = tiny / "train"
         if not train.is_dir():
             raise RD3Error(f"{train} is missing; Tiny-ImageNet's training images are in train/<wnid>/images/")
-        extra = sorted(e.name for e in _names(train) if e.is_dir() and e.name not in index)
+        extra = sorted(e.name for e in visible_entries(train) if e.is_dir() and e.name not in index)
         if extra:
             raise RD3Error(f"class folder {train / extra[0]} is not in {wnids_txt}"
                            + (f" (nor are {len(extra) - 1} more)" if len(extra) > 1 else ""))

@@ -44,10 +44,11 @@ from ..progress import bar
 from . import sets as data
 from .backends import make_reader
 from .decode import Fit, decoded
-from .folders import ImageList, folder_fingerprint, list_image_folder, listing_fingerprint
+from .content import listing_identity
+from .folders import ImageList, list_image_folder
 from .sets import ImageSet
 
-TRANSFORM_VERSION = 1  # bump whenever the decode geometry or a decoder's settings change
+TRANSFORM_VERSION = 2  # 2: keyed by content; bump whenever the decode geometry or a decoder's settings change
 DECODERS = ("pil", "dali", "ffcv")
 SCHEMA = 1
 PARALLEL_MIN = 64  # files above which the PIL decode into the cache uses worker processes
@@ -56,12 +57,17 @@ NOTE_EVERY = 8  # batches between notes of a partial entry's progress (what an i
 
 
 def cache_key(root: str | Path | ImageList, image_size: int, resize_ratio: float, decoder: str = "pil",
-              class_map: str | Path | None = None) -> tuple[str, dict[str, Any]]:
-    """(hex key, the dict it hashes) for one folder (or a dataset split's listing) + transform + decoder."""
+              class_map: str | Path | None = None, progress: bool = False) -> tuple[str, dict[str, Any]]:
+    """(hex key, the dict it hashes) for one folder (or a dataset split's listing) + transform + decoder.
+    The folder counts by content, as a run's identity does (``content.listing_identity``: every file's
+    relative path, label and sha256, through the stat-keyed hash cache), so an image replaced in place, even
+    with its old size and mtime, is a new entry, never the old crops."""
     decoder = resolve_decoder(decoder)
     if decoder not in DECODERS:
         raise RD3Error(f"--loader: the validation decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-    source = listing_fingerprint(root) if isinstance(root, ImageList) else folder_fingerprint(root, class_map)
+    listing = root if isinstance(root, ImageList) else list_image_folder(root, class_map)
+    source = {"root": str(Path(listing.root).resolve()), "classes": list(listing.classes),
+              "files": len(listing.files), "content_sha256": listing_identity(listing, progress=progress)["sha256"]}
     desc = {"kind": "val-centre-crops", "source": source, "image_size": int(image_size),
             "resize_ratio": float(resize_ratio), "decoder": decoder, "transform_version": TRANSFORM_VERSION}
     blob = json.dumps(desc, sort_keys=True).encode()
@@ -124,17 +130,34 @@ def _where(cache_dir: str | Path | None) -> str:
     return f"--val-cache {root}" if cache_dir else f"validation cache {root} (${CACHE_ENV} or ~/.cache/rd3fast)"
 
 
-def _writable_folder(folder: Path, cache_dir: str | Path | None) -> None:
-    """Create the cache's ``folder`` or say in one line, naming --val-cache, why no entry can go there."""
+def _writable_folder(folder: Path, cache_dir: str | Path | None) -> list[Path]:
+    """Create the cache's ``folder`` or say in one line, naming --val-cache, why no entry can go there. Returns
+    the folders it created (deepest first), for ``_remove_empty`` when the entry then fails: a refused or
+    failed cache leaves no empty folder behind."""
     fix = "pass --val-cache off, or --val-cache DIR with a writable folder"
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _remove_empty(created)  # the ones made before the one that failed
         blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker else f"cannot create {folder} ({e.strerror or e})"
         raise RD3Error(f"{_where(cache_dir)}: {why}; {fix}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
+        _remove_empty(created)
         raise RD3Error(f"{_where(cache_dir)}: {folder} is not writable; {fix}")
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: what a failed cache fill made and did not use."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (another entry, a partial one kept to resume), or not ours to remove
+            break
 
 
 def _no_space(folder: Path, need: int, cache_dir: str | Path | None) -> RD3Error:
@@ -208,22 +231,26 @@ def build(root: str | Path | ImageList, *, image_size: int, resize_ratio: float,
     data.check_resize_ratio(resize_ratio)  # also guards callers that skip data.load_real (prepare cache)
     decoder = resolve_decoder(decoder)
     device = _default_device(decoder, device)
-    key, desc = cache_key(root, image_size, resize_ratio, decoder, class_map)
+    key, desc = cache_key(root, image_size, resize_ratio, decoder, class_map, progress)
     folder = cache_root(cache_dir) / "val"
     entry = folder / key
     finals = _paths(entry)
     npy, labels_npy, meta = finals
     if all(f.is_file() for f in finals):
         return npy
-    _writable_folder(folder, cache_dir)
-    # One builder per entry: a second run that needs the same entry waits for the first, then reads it,
-    # instead of decoding the same folder twice side by side.
-    with OutputLock.file(entry.with_suffix(".npy"), flag="--val-cache").acquire(wait=True):
-        if all(f.is_file() for f in finals):
-            return npy
-        return _build_entry(root, finals, key, desc, folder, cache_dir, image_size=image_size,
-                            resize_ratio=resize_ratio, decoder=decoder, class_map=class_map, workers=workers,
-                            device=device, progress=progress)
+    created = _writable_folder(folder, cache_dir)
+    try:
+        # One builder per entry: a second run that needs the same entry waits for the first, then reads it,
+        # instead of decoding the same folder twice side by side.
+        with OutputLock.file(entry.with_suffix(".npy"), flag="--val-cache").acquire(wait=True):
+            if all(f.is_file() for f in finals):
+                return npy
+            return _build_entry(root, finals, key, desc, folder, cache_dir, image_size=image_size,
+                                resize_ratio=resize_ratio, decoder=decoder, class_map=class_map, workers=workers,
+                                device=device, progress=progress)
+    except BaseException:
+        _remove_empty(created)  # an interrupted fill keeps its partial entry, and so its folders
+        raise
 
 
 def _build_entry(root: str | Path | ImageList, finals: tuple[Path, Path, Path], key: str, desc: dict[str, Any],

@@ -11,13 +11,21 @@ checkpoint. They are written every ``every`` epochs, or with ``every = 0`` whene
 one exceeds ``AUTO_FACTOR`` times what writing the last one took (so checkpointing costs under 1 % of the
 training time, measured and reported in the results), and on a stop request.
 
+A checkpoint that cannot be read all the same (a disk error, a file copied in half, one written by
+something else, one holding objects a safe torch.load refuses) is refused in one line naming the file, or,
+with ``set_aside_unreadable`` (``run`` and the sweeps' groups), renamed to ``<name>.unreadable-<time>``
+with one line on stderr saying where, and its runs start over: rerunning the same command recovers, and
+nothing is deleted that someone may want to look at.
+
 ``StopRequest`` turns SIGINT, SIGTERM and SIGUSR1 (Slurm's preemption warning) into a flag that the loop
 reads between steps: it checkpoints and raises ``Interrupted``, which the CLIs print as one line and exit
 128 + the signal number (130, 143, 138). A second Ctrl-C while the checkpoint is written aborts at once.
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +34,10 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write
+from ..data.tensors import LoadFailed, safe_load
 from ..errors import Interrupted, RD3Error
 
-__all__ = ["AUTO_FACTOR", "Checkpointing", "Interrupted", "StopRequest"]
+__all__ = ["AUTO_FACTOR", "Checkpointing", "Interrupted", "StopRequest", "set_aside"]
 
 AUTO_FACTOR = 100  # auto interval: at least 100x the last write time between checkpoints -> < 1 % overhead
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s is not None)
@@ -72,6 +81,8 @@ class Checkpointing:
     every: int = 0  # epochs between checkpoints; 0: automatic (< 1 % of the training time)
     stop: StopRequest | None = None
     identity: dict[str, Any] = field(default_factory=dict)  # what must match to resume (config, seeds, sets)
+    # An unreadable checkpoint: False refuses it (RD3Error); True renames it aside and starts over (load: None).
+    set_aside_unreadable: bool = False
     writes: int = 0
     write_s: float = 0.0  # total time spent writing
     _last_write_s: float = 0.0
@@ -96,23 +107,32 @@ class Checkpointing:
         self._last_at = time.perf_counter()
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none. A checkpoint of something else is an error."""
+        """The saved state, or None when there is none (or an unreadable one was set aside). A checkpoint of
+        something else is an error."""
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-            raise RD3Error(f"checkpoint {self.path} is unreadable ({type(e).__name__}); delete it (or pass "
-                           "--restart) to start this run over") from None
+            state = safe_load(self.path)
+        except LoadFailed as e:
+            return self._unreadable(e.reason)
         if not isinstance(state, dict) or state.get("schema") != SCHEMA:
-            raise RD3Error(f"checkpoint {self.path} is not an rd3fast checkpoint of this version; delete it "
-                           "(or pass --restart)")
+            return self._unreadable("not an rd3fast checkpoint of this version")
         if state.get("identity") != self.identity:
             keys = sorted(k for k in set(self.identity) | set(state.get("identity", {}))
                           if self.identity.get(k) != state.get("identity", {}).get(k))
             raise RD3Error(f"checkpoint {self.path} belongs to a different run (differs in {', '.join(keys)}); "
                            "pass --restart to discard it")
         return state
+
+    def _unreadable(self, reason: str) -> None:
+        """Refuse the file, or (``set_aside_unreadable``) rename it aside, say so in one line and start over."""
+        if not self.set_aside_unreadable:
+            raise RD3Error(f"checkpoint {self.path} is unreadable ({reason}); delete it (or pass --restart) to "
+                           "start its runs over")
+        aside = set_aside(self.path)
+        print(f"rd3fast: checkpoint {self.path} is unreadable ({reason}); set it aside as {aside} and started its "
+              "runs over", file=sys.stderr, flush=True)
+        return None
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -121,3 +141,20 @@ class Checkpointing:
         share = 100.0 * self.write_s / max(train_time, 1e-9)
         return (f"checkpoints: {self.writes} written to {self.path.name} in {self.write_s:.2f} s "
                 f"({share:.2f} % of the training time)")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.unreadable-<time>`` beside it (a free name) and return the new path; a file
+    that cannot be moved is an RD3Error saying to delete it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        aside = path.with_name(f"{path.name}.unreadable-{stamp}" + (f"-{n}" if n else ""))
+        if aside.exists():
+            continue
+        try:
+            os.rename(path, aside)
+        except OSError as e:
+            raise RD3Error(f"checkpoint {path} is unreadable and cannot be set aside ({e.strerror or e}); delete "
+                           "it to start its runs over") from None
+        return aside
+    raise RD3Error(f"checkpoint {path} is unreadable and 100 set-aside copies exist beside it; delete them")

@@ -81,6 +81,7 @@ def prepare(cfg: Config, train_set: ImageSet | None = None, progress: bool = Tru
         if cfg.mean or cfg.std:
             raise RD3Error("--zca: MTT/DD-Ranking whiten [0, 1] pixels without Normalize; drop --mean/--std")
         mean, std = (0.0,) * 3, (1.0,) * 3
+        _zca_source(cfg)  # a missing --zca-train is said now, before the validation decode may write a cache entry
 
     if train_set is None:
         if cfg.distilled is None:
@@ -156,20 +157,33 @@ def _labels_and_lr(cfg: Config, s: ImageSet) -> Config:
 def _fit_zca(cfg: Config, device: torch.device, progress: bool, channels: int = 3) -> ZCA:
     """ZCA on the real training set (3 channels, at the run's size, in [0, 1]: the run's mean/std are 0/1
     under --zca), as MTT/DD-Ranking fit kornia's ZCAWhitening(eps=0.1) on their ToTensor() training set."""
-    source = cfg.zca_train or cfg.dataset
-    if source is None:
-        raise RD3Error("--zca: which real training set to fit the whitening on? pass --zca-train (a dataset "
-                       "name, an ImageFolder or a tensor file)")
+    source = _zca_source(cfg)
     if source in BUILTIN:  # its training split, from --data-root
         real = data.load_real(source, "train", image_size=cfg.image_size, data_root=cfg.data_root,
                               progress=progress)
     else:
-        real = data.load_distilled(source, load_size=cfg.image_size, progress=progress)
+        try:
+            real = data.load_distilled(source, load_size=cfg.image_size, progress=progress)
+        except RD3Error as e:  # its messages name the file; this names the flag that chose it
+            raise RD3Error(f"--zca-train: {e}") from None
     if real.images.dtype != torch.uint8:
         raise RD3Error(f"--zca-train {source}: expected real images (uint8 pixels), got {real.images.dtype}")
     # Fitted on the run's device (the D x D covariance is the cost), kept on the CPU beside the images, and
     # cached: the fit depends on the pixels and eps only.
     return fit_pixels(data.expand_channels(real.images, channels), eps=cfg.zca_eps, device=device)
+
+
+def _zca_source(cfg: Config) -> str:
+    """The real training set --zca fits on: --zca-train, else --dataset; a path that is not there is an
+    error naming --zca-train (load_distilled would call it a missing "distilled set")."""
+    source = cfg.zca_train or cfg.dataset
+    if source is None:
+        raise RD3Error("--zca: which real training set to fit the whitening on? pass --zca-train (a dataset "
+                       "name, an ImageFolder or a tensor file)")
+    if source not in BUILTIN and not Path(source).exists():
+        raise RD3Error(f"--zca-train {source} does not exist; expected a dataset name ({', '.join(BUILTIN)}), an "
+                       "ImageFolder or a tensor file of real training images")
+    return source
 
 
 def load_more_sets(exp: Experiment, paths: Sequence[str], progress: bool = True) -> list[ImageSet]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..atomic import atomic_write
+from ..data.tensors import LoadFailed, safe_load
 from ..errors import RD3Error
 
 _CONVNET = re.compile(r"^convnet(?:-d(\d+))?(?:-w(\d+))?(-bn)?$")
@@ -100,8 +101,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except OSError as e:
         raise RD3Error(f"weights file {p} cannot be read ({e.strerror})") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        obj = safe_load(p)
+    except LoadFailed as e:
         raise RD3Error(_unreadable(p, head, e)) from None
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):
@@ -122,23 +123,20 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return state, meta
 
 
-def _unreadable(p: Path, head: bytes, e: Exception) -> str:
-    """One line for a file torch.load refused; torch's own message runs to a dozen lines of advice to set
-    weights_only=False, which is wrong for a file that is no checkpoint and unsafe for one from elsewhere."""
+def _unreadable(p: Path, head: bytes, e: LoadFailed) -> str:
+    """One line for a file torch.load refused (``safe_load`` has already cut torch's dozen lines of advice to
+    set weights_only=False, which is wrong for a file that is no checkpoint and unsafe for one from elsewhere,
+    down to its reason)."""
     if not head:
         return f"weights file {p} is not a torch checkpoint (it is empty)"
     if head.startswith(b"version https://git-lfs"):
         return f"weights file {p} is not a torch checkpoint (it is a Git LFS pointer: run `git lfs pull`)"
-    text = str(e)
-    if "WeightsUnpickler error:" in text:  # the one line of torch's message that says what was refused
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
-    reason = f"{type(e).__name__}: {line.split('. ')[0]}" if line else type(e).__name__
+    if e.refused is not None:
+        return (f"weights file {p} is not a weights file rd3fast can read safely: it holds Python objects besides "
+                f"tensors ({e.reason}); save the model's state_dict alone")
+    reason = e.reason
     # What torch.save writes is a zip archive (torch >= 1.6) or a pickle (protocol 2+ starts with 0x80).
     checkpoint_like = head.startswith((b"PK\x03\x04", b"\x80"))
-    if checkpoint_like and "Unsupported global" in reason:
-        return (f"weights file {p} holds Python objects besides tensors, which a safe torch.load refuses "
-                f"({reason}); save the model's state_dict alone")
     if not checkpoint_like and _is_text(head):
         first = head.decode("utf-8", "replace").splitlines()[0][:40]
         reason = f"it is a text file starting {first!r}"

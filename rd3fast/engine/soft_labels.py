@@ -20,6 +20,11 @@ Every replay says in its results what it replayed.
 Replay rebuilds every batch from the stored parameters with the same augmentation ops, so the recorded
 batches are reproduced exactly, and the soft labels come from the file, not from a teacher. One .npz
 per epoch (written atomically) plus meta.json.
+
+Opening a cache for replay checks every epoch file before the first step: its zip directory, the members
+the replay will read, and each member's bytes against the CRC-32 the zip directory stores for it (the
+files are small by design, so reading them once costs about what one replayed epoch reads). A damaged
+cache is then one line naming the file and the member, not a failure epochs into a run.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import itertools
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -97,8 +103,10 @@ class SoftLabelCache:
                 raise RD3Error(f"--cache {self.path}: no recorded soft-label cache here (meta.json missing); "
                                f"record one with --cache-mode record")
             self.meta = _read_meta(meta_file)
+            columns = _columns(ranks=self.meta["shuffle_factor"] > 1, top_k=bool(self.meta["topk"]),
+                               coded=self.meta.get("bits", 16) == 8)
             for epoch in self.meta["epochs"]:
-                _epoch_file(self.path, epoch)
+                _check_members(_epoch_file(self.path, epoch), columns)
             if num_classes and self.meta["num_classes"] != num_classes:
                 raise RD3Error(f"--cache {self.path} holds {self.meta['num_classes']}-class soft labels but the "
                                f"data has {num_classes} classes")
@@ -119,7 +127,8 @@ class SoftLabelCache:
             nearest = next(p for p in (self.path, *self.path.parents) if p.exists())
             if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
                 raise RD3Error(f"--cache {self.path}: cannot create it ({nearest} is not a writable folder)")
-            self.meta = {"version": 1, "topk": resolve_topk(topk, num_classes), "bits": bits, "num_images": num_images, "batch_size": batch_size,
+            self.meta = {"version": 1, "topk": resolve_topk(topk, num_classes), "bits": bits,
+                         "num_images": num_images, "batch_size": batch_size,
                          "num_classes": num_classes, "shuffle_factor": shuffle_factor, "fingerprint": fingerprint,
                          "epochs": []}
         f = self.meta["shuffle_factor"]
@@ -204,8 +213,8 @@ class SoftLabelCache:
 
     def describe(self) -> str:
         """What this cache holds, for the results of the runs that replay it."""
-        return (f"soft-label cache {self.path} replayed: {describe_compression(self.meta['topk'], self.meta.get('bits', 16))}"
-                f", {len(self.meta['epochs'])} recorded epoch(s)")
+        what = describe_compression(self.meta["topk"], self.meta.get("bits", 16))
+        return f"soft-label cache {self.path} replayed: {what}, {len(self.meta['epochs'])} recorded epoch(s)"
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.glob("*") if f.is_file())
@@ -242,12 +251,40 @@ def _epoch_file(folder: Path, epoch: int) -> Path:
     only the file's tail is read). Replay checks every epoch so when it opens the cache, not epochs into a run."""
     file = folder / f"epoch_{epoch:05d}.npz"
     if not file.is_file():
-        raise RD3Error(f"soft-label cache file {file} is missing (meta.json lists its epoch); {_record_again(file.parent)}")
+        raise RD3Error(f"soft-label cache file {file} is missing (meta.json lists its epoch); "
+                       f"{_record_again(file.parent)}")
     try:
         zipfile.ZipFile(file).close()
     except (OSError, zipfile.BadZipFile) as e:
         raise _unreadable(file, e) from None
     return file
+
+
+def _columns(*, ranks: bool, top_k: bool, coded: bool) -> tuple[str, ...]:
+    """The arrays a recorded epoch holds for a cache of this kind (what ``epoch`` reads)."""
+    return (EPOCH_KEYS + (("row_rank", "col_rank") if ranks else ()) + (("classes",) if top_k else ())
+            + (("qparams",) if coded else ()))
+
+
+def _check_members(file: Path, columns: tuple[str, ...]) -> None:
+    """Every column of ``file`` is a member whose bytes match the CRC-32 in the zip directory: a truncated,
+    overwritten or partly copied epoch is found when the cache is opened. One RD3Error naming the member."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            members = {info.filename: info for info in z.infolist()}
+            missing = [c for c in columns if f"{c}.npy" not in members]
+            if missing:
+                raise RD3Error(f"soft-label cache file {file} lacks {', '.join(missing)}; {_record_again(file.parent)}")
+            for name, info in members.items():
+                try:
+                    with z.open(info) as member:  # ZipExtFile checks the CRC-32 and the size at the end
+                        while member.read(1 << 20):
+                            pass
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+                    raise RD3Error(f"soft-label cache file {file} is unreadable or truncated (its member {name} "
+                                   f"is corrupt: {e}); {_record_again(file.parent)}") from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise _unreadable(file, e) from None
 
 
 def _encode(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -279,8 +316,7 @@ def _read_epoch(file: Path, *, ranks: bool, top_k: bool, coded: bool = False) ->
             z = {k: npz[k] for k in npz.files}  # reads every array now, so a corrupt member fails here
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise _unreadable(file, e) from None
-    needed = (EPOCH_KEYS + (("row_rank", "col_rank") if ranks else ()) + (("classes",) if top_k else ())
-              + (("qparams",) if coded else ()))
+    needed = _columns(ranks=ranks, top_k=top_k, coded=coded)
     missing = [k for k in needed if k not in z]
     if missing:
         raise RD3Error(f"soft-label cache file {file} lacks {', '.join(missing)}; {_record_again(file.parent)}")

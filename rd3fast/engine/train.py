@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..config import Config, lr_factor
+from ..data.content import digest, set_identity
 from ..data.pixels import eval_normalize, normalize
 from ..data.sets import ImageSet
 from ..data.zca import ZCA
@@ -619,10 +622,42 @@ def _eager(step: Callable, optimizer: torch.optim.Optimizer) -> Callable:
 
 
 def _open_cache(cfg: Config, exp: Experiment, resume_epoch: int | None = None) -> SoftLabelCache:
-    fingerprint = (f"{exp.train.source}|n={len(exp.train.images)}|size={cfg.image_size}|bs={cfg.batch_size}|"
-                   f"shuffle={cfg.patch_shuffle}|crop={cfg.crop}{tuple(cfg.rrc_scale)}|mix={cfg.mix}|"
-                   f"teacher={'+'.join(cfg.teacher)}")
-    return SoftLabelCache(cfg.cache, cfg.cache_mode, topk=cfg.cache_topk, bits=cfg.cache_bits, num_images=len(exp.train.images),
-                          batch_size=cfg.batch_size, num_classes=cfg.num_classes,
-                          shuffle_factor=1 if cfg.edc_noop_shuffle else cfg.patch_shuffle, fingerprint=fingerprint,
-                          resume_epoch=resume_epoch)
+    """The soft-label cache, checked to belong to this set and protocol: its fingerprint is the set's content
+    identity (``cache_fingerprint``) and the settings that made the recorded batches. A replay of a cache
+    whose set has changed since it was recorded is refused: its soft labels belong to other images."""
+    fingerprint = cache_fingerprint(cfg, exp)
+    replay = cfg.cache_mode == "replay"
+    cache = SoftLabelCache(cfg.cache, cfg.cache_mode, topk=cfg.cache_topk, bits=cfg.cache_bits,
+                           num_images=len(exp.train.images), batch_size=cfg.batch_size, num_classes=cfg.num_classes,
+                           shuffle_factor=1 if cfg.edc_noop_shuffle else cfg.patch_shuffle,
+                           fingerprint="" if replay else fingerprint, resume_epoch=resume_epoch)
+    recorded = str(cache.meta.get("fingerprint", ""))
+    if replay and recorded != fingerprint:
+        set_part = fingerprint.split("|", 1)[0]
+        if recorded.startswith("set=") and recorded.split("|", 1)[0] != set_part:
+            raise RD3Error(f"--cache {cache.path}: the set changed since this soft-label cache was recorded "
+                           f"({exp.train.source}: its files' content, or how they are decoded, differs), so its soft "
+                           "labels belong to other images; record it again into a new folder (--cache-mode record)")
+        raise RD3Error(f"--cache {cache.path} was recorded for another set or protocol ({recorded}); expected "
+                       f"{fingerprint}")
+    return cache
+
+
+def cache_fingerprint(cfg: Config, exp: Experiment) -> str:
+    """``set=<content>|<settings>``: the training set by content (``data.content.set_identity`` of the files it
+    was read from, through the stat-keyed hash cache, plus how they were decoded; a set built in memory by
+    its tensors) and the augmentation and teacher settings the recorded batches depend on."""
+    st = exp.train
+    if Path(st.source).exists():
+        ident: Any = {"files": set_identity(st.source, cfg.class_map), "load_size": cfg.load_size,
+                      "mean": list(exp.distilled_mean), "std": list(exp.distilled_std)}
+    else:
+        h = hashlib.sha256()
+        for t in (st.images, st.labels, st.soft):
+            if t is not None:
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        ident = {"tensors": h.hexdigest()}
+    return (f"set={digest(ident)[:32]}|n={len(st.images)}|size={cfg.image_size}|bs={cfg.batch_size}|"
+            f"shuffle={cfg.patch_shuffle}|crop={cfg.crop}{tuple(cfg.rrc_scale)}|mix={cfg.mix}|"
+            f"teacher={'+'.join(cfg.teacher)}")
