@@ -231,7 +231,8 @@ def build(root: str | Path | ImageList, *, image_size: int, resize_ratio: float,
     data.check_resize_ratio(resize_ratio)  # also guards callers that skip data.load_real (prepare cache)
     decoder = resolve_decoder(decoder)
     device = _default_device(decoder, device)
-    key, desc = cache_key(root, image_size, resize_ratio, decoder, class_map, progress)
+    listing = root if isinstance(root, ImageList) else list_image_folder(root, class_map)  # once: key and decode
+    key, desc = cache_key(listing, image_size, resize_ratio, decoder, class_map, progress)
     folder = cache_root(cache_dir) / "val"
     entry = folder / key
     finals = _paths(entry)
@@ -245,7 +246,7 @@ def build(root: str | Path | ImageList, *, image_size: int, resize_ratio: float,
         with OutputLock.file(entry.with_suffix(".npy"), flag="--val-cache").acquire(wait=True):
             if all(f.is_file() for f in finals):
                 return npy
-            return _build_entry(root, finals, key, desc, folder, cache_dir, image_size=image_size,
+            return _build_entry(root, listing, finals, key, desc, folder, cache_dir, image_size=image_size,
                                 resize_ratio=resize_ratio, decoder=decoder, class_map=class_map, workers=workers,
                                 device=device, progress=progress)
     except BaseException:
@@ -253,8 +254,8 @@ def build(root: str | Path | ImageList, *, image_size: int, resize_ratio: float,
         raise
 
 
-def _build_entry(root: str | Path | ImageList, finals: tuple[Path, Path, Path], key: str, desc: dict[str, Any],
-                 folder: Path, cache_dir: str | Path | None, *,
+def _build_entry(root: str | Path | ImageList, listing: ImageList, finals: tuple[Path, Path, Path], key: str,
+                 desc: dict[str, Any], folder: Path, cache_dir: str | Path | None, *,
                  image_size: int, resize_ratio: float, decoder: str, class_map: str | Path | None,
                  workers: int | None, device: torch.device, progress: bool) -> Path:
     """Decode into ``<entry>.partial.npy``, noting in ``<entry>.partial.json`` how many images it holds (every
@@ -264,7 +265,6 @@ def _build_entry(root: str | Path | ImageList, finals: tuple[Path, Path, Path], 
     half-written is kept that could not be finished."""
     npy, labels_npy, meta = finals
     entry = npy.with_suffix("")
-    listing = root if isinstance(root, ImageList) else list_image_folder(root, class_map)
     name = listing.root
     n = len(listing.files)
     shape = (n, 3, image_size, image_size)
