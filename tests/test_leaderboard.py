@@ -223,7 +223,8 @@ def test_csv_header_rows_and_atomic_files(tmp_path: Path) -> None:
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(root.glob("*.tmp")) and not list(root.glob(".*tmp*"))
     rows = list(csv.reader(paths["csv"].open()))
-    assert rows[0] == ["id", "set", "method", "ipc", "baseline", "protocol", "preset", "student", "grid.lr", "seed",
+    assert rows[0] == ["id", "set", "method", "ipc", "baseline", "protocol", "role", "preset", "student", "grid.lr",
+                       "seed",
                        "status", "selected", "last_top1", "best_top1", "last_heldout_top1", "images_per_s",
                        "train_time_s", "wall_s", "group_key", "k", "device", "error"]
     assert len(rows) == 1 + 3

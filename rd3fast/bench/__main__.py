@@ -174,7 +174,7 @@ def failed_runs(root: Path, plan: Plan) -> list[str]:
         rec = read_result(root, r.id)
         if rec is not None and rec["status"] == "failed":
             grid = "".join(f", {k}={v}" for k, v in r.grid.items())
-            lines.append(f"run {r.id} ({r.set.name} / {r.protocol} ({r.preset}) / {r.student}{grid} / seed "
+            lines.append(f"run {r.id} ({r.set.name} / {r.label} ({r.preset}) / {r.student}{grid} / seed "
                          f"{r.seed}) failed: {rec['error']}")
     return lines
 

@@ -56,6 +56,7 @@ class Run:
     seed: int | None
     grid: dict[str, Any]
     status: str  # "ok" | "failed" | "pending" (no results.json yet: not started or running)
+    role: str = ""  # "": a cell of the tables; "hard" / "naug" / "real": a run the [scores] need (scores.py)
     last_top1: float | None = None
     best_top1: float | None = None
     last_heldout_top1: float | None = None
@@ -88,6 +89,10 @@ class Board:
     rows: list[RowKey] = field(default_factory=list)
     skipped: int = 0  # plan entries without any run information
     first: dict[str, Run] = field(default_factory=dict)  # set name -> its first run
+    # The runs [scores] adds (plan "scores"), apart from the tables' runs, and their cells keyed by
+    # (role, row, protocol); the real-hard reference's row is (student, its set name, ()).
+    extra: list[Run] = field(default_factory=list)
+    extra_cells: dict[tuple[str, RowKey, str], Cell] = field(default_factory=dict)
 
     def set_info(self, name: str) -> Run:
         """A run of the set (for its method, IPC and baseline flag, which all its runs share)."""
@@ -115,10 +120,12 @@ def load(root: str | Path) -> Board:
             skipped += 1
         else:
             runs.append(run)
+    extra = [r for r in runs if r.role]
+    runs = [r for r in runs if not r.role]
     grid_keys = ordered(k for r in runs for k in r.grid)
     select = plan.get("select") or None
     select_keys = [k for k in (select.get("keys") or grid_keys) if k in grid_keys] if select else []
-    board = Board(root=root, plan=plan, runs=runs, skipped=skipped,
+    board = Board(root=root, plan=plan, runs=runs, skipped=skipped, extra=extra,
                   sets=ordered([*(plan.get("sets") or []), *(r.set for r in runs)]),
                   protocols=ordered([*(plan.get("protocols") or []), *(r.protocol for r in runs)]),
                   students=ordered(r.student for r in runs), grid_keys=grid_keys, select_keys=select_keys)
@@ -171,7 +178,7 @@ def _make_run(info: dict[str, Any], result: dict[str, Any] | None, planned_group
     common = dict(id=info["id"], set=s.get("name", "?"), method=method, ipc=s.get("ipc"),
                   baseline=bool(s.get("baseline", method == "random-real")), protocol=info.get("protocol", "?"),
                   preset=info.get("preset") or info.get("protocol", "?"), student=info.get("student", "?"),
-                  seed=info.get("seed"), grid=dict(info.get("grid") or {}))
+                  seed=info.get("seed"), grid=dict(info.get("grid") or {}), role=str(info.get("role") or ""))
     if result is None:
         return Run(**common, status="pending", group_key=planned_group)
     summary = result.get("run") or {}
@@ -259,6 +266,11 @@ def _fill_cells(board: Board) -> None:
     order = {s: i for i, s in enumerate(board.sets)}
     board.rows = sorted(rows, key=lambda row: (board.students.index(row[0]), order[row[1]]))  # stable: grid order
     board.cells = {key: _select(runs, board.select_keys) for key, runs in groups.items()}
+    extra: dict[tuple[str, RowKey, str], list[Run]] = {}
+    for run in board.extra:
+        row = (run.student, run.set, grid_key(run.grid, row_keys))
+        extra.setdefault((run.role, row, run.protocol), []).append(run)
+    board.extra_cells = {key: _select(runs, board.select_keys) for key, runs in extra.items()}
 
 
 def _select(runs: list[Run], keys: Sequence[str]) -> Cell:

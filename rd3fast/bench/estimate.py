@@ -56,7 +56,7 @@ def plan_summary(plan: Plan, root: str | Path, retry_failed: bool = False, estim
              "| set | protocol (preset) | student | grid | seeds | ids | status |", "|" + "---|" * 7]
     rows: dict[tuple, list[RunSpec]] = {}
     for r in plan.runs:
-        rows.setdefault((r.set.name, r.protocol, r.preset, r.student, json.dumps(r.grid)), []).append(r)
+        rows.setdefault((r.set.name, r.label, r.preset, r.student, json.dumps(r.grid)), []).append(r)
     states = {r.id: status(root, r.id) for r in first}
     for (name, proto, preset, student, _), runs in itertools.islice(rows.items(), max_rows):
         counts = {s: sum(states[r.id] == s for r in runs) for s in ("finished", "failed", "pending")}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..data.sets import ImageSet, expand_channels, heldout_split
+from ..data.sets import ImageSet, expand_channels, heldout_split, load_real
 from ..data.tensors import LoadFailed, safe_load
 from ..engine import train as training
 from ..engine.checkpoint import Checkpointing, StopRequest
@@ -25,6 +25,7 @@ from ..errors import Interrupted, RD3Error
 from ..lock import OutputLock
 from ..results import environment, write_json
 from .plan import SCHEMA, Group, RunSpec
+from .sweepfile import REAL
 from .store import GROUPS, RESULTS, read_result, run_dir, to_train
 
 CHECKPOINT = "checkpoint.pt"  # in ROOT/groups/<key>/: the group's training state while it is unfinished
@@ -67,7 +68,7 @@ def _train_group(root: str | Path, folder: Path, key: str, todo: list[RunSpec], 
         seeds: dict[str, list[str]] = {}
         for r in todo:
             seeds.setdefault(r.set.name, []).append(str(r.seed))
-        desc = f"{todo[0].protocol}: " + "; ".join(f"{name} seeds {','.join(v)}" for name, v in seeds.items())
+        desc = f"{todo[0].label}: " + "; ".join(f"{name} seeds {','.join(v)}" for name, v in seeds.items())
         results = training.train_seeds(exp, [r.seed for r in todo], progress=progress, desc=desc,
                                        sets=[sets[r.set.path] for r in todo], checkpoint=ckpt)
     except Exception as e:  # noqa: BLE001 - only the failures a run can have are recorded; the rest re-raise
@@ -110,7 +111,12 @@ def discard_checkpoint(root: str | Path, group: Group) -> bool:
 def _experiment(todo: list[RunSpec], progress: bool) -> Experiment:
     """The group's data, teachers and finalized config, checked once; with a held-out split attached when
     the sweep selects grid values on one."""
-    exp = prepare(todo[0].config, progress=progress)
+    cfg = todo[0].config
+    if todo[0].role == REAL:  # the real-hard reference: the dataset's whole training split, hard labels
+        train = load_real(cfg.dataset, "train", image_size=cfg.image_size, data_root=cfg.data_root, progress=progress)
+        exp = prepare(cfg, train_set=train, progress=progress)
+    else:
+        exp = prepare(cfg, progress=progress)
     held = todo[0].heldout
     if held is not None:
         h = heldout_split(exp.cfg.dataset, held.size, held.seed, image_size=exp.cfg.image_size,

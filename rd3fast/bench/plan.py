@@ -24,10 +24,11 @@ from typing import Any, Iterable, Sequence
 from .. import config as config_mod
 from ..config import Config
 from ..data.content import HashCache, inputs_identity, split_identity, test_set_identity
+from ..data.datasets import BUILTIN, list_files, read_arrays
 from ..errors import RD3Error
 from ..progress import iterate
 from .identity import SetFacts, identity_base, seeded_id, set_facts
-from .sweepfile import Protocol, Select, SetSpec, Sweep, check_size
+from .sweepfile import HARD, NAUG, REAL, REAL_PRESET, Protocol, Select, SetSpec, Sweep, check_size
 from .teachers import check_teachers
 
 SCHEMA = 1  # of plan.json and results.json
@@ -53,10 +54,16 @@ class RunSpec:
     config: Config
     heldout: Select | None = None  # evaluate on this held-out split too (a [select] sweep)
     bucket: str = ""  # group_bucket(config, images), computed once per config by build_plan ("": not yet)
+    role: str = ""  # "": a cell of the table; HARD / NAUG / REAL: a run [scores] needs (score_runs)
+
+    @property
+    def label(self) -> str:
+        """The protocol as the plan's table and progress lines show it: rd3-small, rd3-small/hard, ..."""
+        return f"{self.protocol}/{self.role}" if self.role and self.role != REAL else self.protocol
 
     def info(self) -> dict[str, Any]:
         """ROOT/runs/<id>/run.json (and plan.json's "runs")."""
-        return {"id": self.id, "set": {**dataclasses.asdict(self.set), "images": self.images},
+        return {"id": self.id, "set": {**dataclasses.asdict(self.set), "images": self.images}, "role": self.role,
                 "protocol": self.protocol, "preset": self.preset, "student": self.student, "seed": self.seed,
                 "grid": self.grid, "teachers": list(self.teachers),
                 "heldout": None if self.heldout is None else {"size": self.heldout.size, "seed": self.heldout.seed},
@@ -86,6 +93,7 @@ class Plan:
                 "parallel_seeds": self.parallel_seeds, "runs": [r.info() for r in self.runs],
                 "groups": [{"key": g.key, "runs": [r.id for r in g.runs]} for g in self.groups],
                 "select": None if self.sweep.select is None else self.sweep.select.to_dict(),
+                "scores": self.sweep.scores.to_dict() if self.sweep.scores.on else None,
                 "protocols": [p.name for p in self.sweep.protocols], "sets": [s.name for s in self.sweep.sets]}
 
 
@@ -166,6 +174,20 @@ class _Inputs:
             self.facts.setdefault(s.path, self._facts[key])
         return self._facts[key]
 
+    def real_facts(self, cfg: Config) -> SetFacts:
+        """The real-hard runs' training set: the dataset's training split by content (``split_identity``)."""
+        sweep = self.sweep
+        path = real_set(sweep).path
+        if path not in self.facts:
+            info = BUILTIN[sweep.dataset]
+            ident = split_identity(sweep.dataset, "train", sweep.data_root, self.cache, self.progress)
+            if info.kind == "files":
+                images = len(list_files(sweep.dataset, "train", sweep.data_root).files)
+            else:  # read once here (the arrays of a set held in memory: CIFAR's 150 MB at most)
+                images = len(read_arrays(sweep.dataset, "train", sweep.data_root)[1])
+            self.facts[path] = SetFacts(ident, images, info.num_classes, info.image_size)
+        return self.facts[path]
+
     def files(self, cfg: Config) -> dict[str, Any]:
         """``content.inputs_identity`` of the run's class map and ZCA source, once per distinct value."""
         key = (cfg.class_map, cfg.zca, cfg.zca_train, cfg.dataset, cfg.data_root)
@@ -193,31 +215,107 @@ def build_plan(sweep: Sweep, parallel_seeds: int | None = None, progress: bool =
     if announce:
         print(f"rd3fast bench: planning {n:,} runs", file=sys.stderr, flush=True)
     inputs = _Inputs(sweep, progress)
-    runs, seen = [], {}
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
     combos = itertools.product(sweep.sets, sweep.protocols, sweep.students, grid_points(sweep.grid))
     total = n // len(sweep.seeds)
     for s, proto, student, point in iterate(combos, total=total, desc="plan", unit="config", enabled=announce):
         cfg0 = resolve_run_config(sweep, s, proto, student, point, sweep.seeds[0])
-        facts = inputs.set_facts(s, proto, cfg0)
-        as_dict = cfg0.to_dict()  # once: identity and group bucket both serialize it
-        base = identity_base(cfg0, facts.identity, inputs.test, inputs.teacher_sha256, inputs.heldout,
-                             inputs.files(cfg0), as_dict)
-        bucket = group_bucket(cfg0, facts.images, as_dict)
-        for seed in sweep.seeds:
-            cfg = cfg0 if seed == sweep.seeds[0] else _with_seed(cfg0, seed)
-            rid = seeded_id(base, (seed,))
-            # The same id twice: two protocols that resolve alike (random-real under `own` is rd3) share the
-            # run, trained once and reported under both; two sets of identical content are a mistake.
-            if rid in seen and seen[rid] != s.name:
-                raise RD3Error(f"{sweep.path}: sets {seen[rid]!r} and {s.name!r} hold the same images (same "
-                               "content); list the set once")
-            seen[rid] = s.name
-            runs.append(RunSpec(rid, s, facts.images, proto.name, cfg.preset, student, seed, point, inputs.teachers,
-                                cfg, sweep.select, bucket))
+        _add_seeds(runs, seen, sweep, inputs, s, proto.name, student, point, cfg0, inputs.set_facts(s, proto, cfg0))
+        if sweep.scores.ars:  # the same recipe without augmentation (ARS's syn-naug and rdm-naug)
+            naug = variant(cfg0, NAUG, sweep, proto.name, s.name)
+            _add_seeds(runs, seen, sweep, inputs, s, proto.name, student, point, naug,
+                       inputs.set_facts(s, proto, naug), NAUG)
+        if sweep.scores.lrs and proto.name == sweep.scores.protocol:  # HLR's syn-hard, one recipe for every set
+            hard = variant(cfg0, HARD, sweep, proto.name, s.name)
+            _add_seeds(runs, seen, sweep, inputs, s, proto.name, student, point, hard,
+                       inputs.set_facts(s, proto, hard), HARD)
+    if sweep.scores.lrs and sweep.scores.real_hard is None:  # HLR's real-hard: per student, no grid
+        for student in sweep.students:
+            cfg0 = real_config(sweep, student, sweep.seeds[0])
+            facts = inputs.real_facts(cfg0)
+            _add_seeds(runs, seen, sweep, inputs, real_set(sweep), REAL, student, {}, cfg0, facts, REAL)
     # Every teacher loads into its architecture at the runs' class count and size: a bad one is found now,
     # not when its group comes up (hours into a sweep).
     check_teachers(sweep, [(r.config, inputs.facts[r.set.path]) for r in distinct(runs)])
     return Plan(sweep, tuple(runs), group_runs(runs, k), k, inputs.facts)
+
+
+def _add_seeds(runs: list[RunSpec], seen: dict[str, str], sweep: Sweep, inputs: _Inputs, s: SetSpec, protocol: str,
+               student: str, point: dict[str, Any], cfg0: Config, facts: SetFacts, role: str = "") -> None:
+    """The runs of one resolved config, one per seed, with their ids (the config is serialized once)."""
+    as_dict = cfg0.to_dict()  # once: identity and group bucket both serialize it
+    heldout = None if role == REAL else inputs.heldout  # the real-hard runs train on the whole training split
+    base = identity_base(cfg0, facts.identity, inputs.test, inputs.teacher_sha256 if cfg0.teacher else [], heldout,
+                         inputs.files(cfg0), as_dict)
+    bucket = group_bucket(cfg0, facts.images, as_dict)
+    for seed in sweep.seeds:
+        cfg = cfg0 if seed == sweep.seeds[0] else _with_seed(cfg0, seed)
+        rid = seeded_id(base, (seed,))
+        # The same id twice: two protocols that resolve alike (random-real under `own` is rd3) share the run,
+        # trained once and reported under both; two sets of identical content are a mistake.
+        if rid in seen and seen[rid] != s.name:
+            raise RD3Error(f"{sweep.path}: sets {seen[rid]!r} and {s.name!r} hold the same images (same content); "
+                           "list the set once")
+        seen[rid] = s.name
+        runs.append(RunSpec(rid, s, facts.images, protocol, cfg.preset, student, seed, point,
+                            inputs.teachers if cfg0.teacher else (), cfg, None if role == REAL else sweep.select,
+                            bucket, role))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runs [scores] adds (DD-Ranking's HLR, IOR, LRS and ARS: README "DD-Ranking's scores")
+# ---------------------------------------------------------------------------------------------------
+# Config keys of the sweep's top level that say how a run executes or how the test set is read, not what
+# is trained: they apply to the real-hard runs too, whose recipe is otherwise the pretrain preset's.
+REAL_PASSED = ("device", "amp", "cuda_graph", "val_cache", "loader", "aug_backend", "eval_batch_size", "image_size",
+               "val_resize_ratio", "compile_teacher")
+
+
+def variant(cfg: Config, role: str, sweep: Sweep, protocol: str, set_name: str) -> Config:
+    """A run's config as one of [scores]'s variants.
+
+    HARD (DD-Ranking's syn-hard, ``_compute_hard_label_metrics``): the same recipe with cross-entropy on the
+    images' hard labels, no teacher and no set labels; the mixing augmentation (CutMix/Mixup, DSA) off unless
+    ``use_aug_for_hard``, crops and flips kept, as its ``aug_func`` is the only augmentation it switches.
+    NAUG (ARS's syn-naug / rdm-naug): the same recipe, labels and loss without augmentation: with
+    ``naug = "all"`` no crop, flip, PatchShuffle, mixing or DSA; with ``"mix"`` only the mixing and DSA off
+    (DD-Ranking's ``aug_robust.py``: ``aug_func=None``, its dataset transforms untouched)."""
+    sc = sweep.scores
+    changes: dict[str, Any] = {}
+    if role == HARD:
+        changes = dict(loss="ce", teacher=(), teacher_weights=(), teacher_mean=(), teacher_std=(),
+                       label_source="teacher", ce_weight=0.0, cache=None, cache_mode="off", logit_norm=False,
+                       teacher_bn_train=False)
+        if not sc.use_aug_for_hard:
+            changes.update(mix="none", dsa_strategy="none")
+    elif role == NAUG:
+        changes = dict(mix="none", dsa_strategy="none")
+        if sc.naug == "all":
+            changes.update(crop="none", flip_p=0.0, patch_shuffle=1, edc_noop_shuffle=False)
+    try:
+        return cfg.replace(**changes)
+    except RD3Error as e:
+        raise RD3Error(f"{sweep.path}: [scores] {role} runs of set {set_name!r} under protocol {protocol!r}: "
+                       f"{e}") from None
+
+
+def real_set(sweep: Sweep) -> SetSpec:
+    """The real-hard reference's training set: the sweep dataset's whole training split."""
+    return SetSpec(f"{sweep.dataset} (train)", f"{sweep.dataset}:train", "real", None, False)
+
+
+def real_config(sweep: Sweep, student: str, seed: int) -> Config:
+    """DD-Ranking's real-hard: the student trained on the real training split with hard labels. Its recipe is
+    the pretrain preset (SGD, random crop + flip, cosine) with [scores.real] over it; DD-Ranking's own
+    (``REAL_DATA_TRAINING_CONFIG``) differs per dataset and model and is one [scores.real] away."""
+    passed = {k: v for k, v in sweep.overrides.items() if k in REAL_PASSED}
+    fixed = dict(dataset=sweep.dataset, data_root=sweep.data_root, val=None, distilled=None, student=student,
+                 seeds=(seed,), parallel_seeds=1)
+    try:
+        return Config(**{**_preset_values(REAL_PRESET), **passed, **sweep.scores.real, **fixed, "preset": REAL_PRESET})
+    except RD3Error as e:
+        raise RD3Error(f"{sweep.path}: [scores.real] (the real-hard runs, preset {REAL_PRESET}): {e}") from None
 
 
 def group_bucket(cfg: Config, images: int, as_dict: dict[str, Any] | None = None) -> str:

@@ -12,11 +12,12 @@ from typing import Any, Iterable, Sequence
 from ..atomic import atomic_write
 from .board import OWN, Board, Cell, RowKey, load, ordered, value_text
 from .inference import Interval
+from . import scores
 from .page import html_page
 from .stats import (View, agreement, cell_interval, flips, ior, ior_interval, own_rows, ranking, spread, throughput,
                     views)
 
-CSV_FIXED = ("id", "set", "method", "ipc", "baseline", "protocol", "preset", "student")
+CSV_FIXED = ("id", "set", "method", "ipc", "baseline", "protocol", "role", "preset", "student")
 
 
 CSV_TAIL = ("seed", "status", "selected", "last_top1", "best_top1", "last_heldout_top1", "images_per_s",
@@ -97,6 +98,58 @@ def _student_sections(board: Board, student: str) -> list[str]:
     out += ["", *_rank_section(board, student_views)]
     if OWN in board.protocols and len(board.protocols) > 1:
         out += ["", *_own_section(board, student_views)]
+    sc = scores.settings(board)
+    if sc is not None:
+        out += ["", *_scores_section(board, student, rows, sc)]
+    return out
+
+
+def estimate_text(e: scores.Estimate | None, fmt: str = ".1f", final: bool = True) -> str:
+    """``41.2 ± 1.3 [39.9, 42.5] (n=3)``: mean ± sample std over seeds, its bootstrap interval; ``*``: provisional."""
+    if e is None:
+        return "—"
+    spread_ = f" ± {e.std:{fmt.lstrip('+')}}{interval_text(e.interval, fmt)}" if e.n > 1 else ""
+    return f"{e.mean:{fmt}}{spread_} (n={e.n}){_mark(final)}"
+
+
+def _scores_section(board: Board, student: str, rows: list[RowKey], sc: scores.ScoreSettings) -> list[str]:
+    """DD-Ranking's scores: the hard-label and no-augmentation accuracies they read, then HLR, LRS and ARS."""
+    t = scores.table(board, sc, rows)
+    label_head = ["set", "method", "IPC", *(k for k in board.grid_keys if k not in board.select_keys)]
+    units = "" if sc.units == "fraction" else " (units = percent: DD-Ranking's released arithmetic, not in %)"
+    out = ["### DD-Ranking's scores", ""]
+    if sc.lrs:
+        if sc.real_hard is not None:
+            real = f"{sc.real_hard:.1f} (given in the sweep)"
+        else:
+            real = cell_text(scores.real_cell(board, student))
+        hard_aug = "kept" if sc.use_aug_for_hard else "off"
+        out += [f"Real-hard reference (the student on the whole real training split, hard labels): {real}.", "",
+                f"Hard-label runs: protocol {sc.protocol}'s recipe with cross-entropy on hard labels, no teacher, "
+                f"mixing augmentation {hard_aug}. HLR = real-hard − syn-hard (lower is better).", ""]
+        out += _table(label_head + ["syn-hard top-1", "HLR"],
+                      ([*_row_label(board, row), cell_text(t[(row, sc.protocol)].syn_hard),
+                        estimate_text(t[(row, sc.protocol)].hlr, "+.1f", t[(row, sc.protocol)].final)] for row in rows))
+        out += ["", f"LRS = norm({sc.lrs_weight:g} IOR − {1 - sc.lrs_weight:g} HLR), IOR under each protocol{units}:",
+                ""]
+        out += _table(label_head + list(board.protocols),
+                      ([*_row_label(board, row), *(estimate_text(t[(row, p)].lrs, ".2f", t[(row, p)].final)
+                                                   for p in board.protocols)] for row in rows))
+    if sc.ars:
+        what = "every augmentation off" if sc.naug == "all" else "CutMix/Mixup/DSA off, crops and flips kept"
+        out += ["" if sc.lrs else "", f"No-augmentation runs (each protocol's recipe, {what}): top-1.", ""]
+        out += _table(label_head + list(board.protocols),
+                      ([*_row_label(board, row), *(cell_text(t[(row, p)].syn_naug) for p in board.protocols)]
+                       for row in rows))
+        out += ["", f"ARS = norm({sc.ars_weight:g} (syn − rdm with augmentation) + {1 - sc.ars_weight:g} (syn − rdm "
+                f"without)){units}:", ""]
+        out += _table(label_head + list(board.protocols),
+                      ([*_row_label(board, row), *(estimate_text(t[(row, p)].ars, ".2f", t[(row, p)].final)
+                                                   for p in board.protocols)] for row in rows))
+    out += ["", "norm(x) = 100 (e^x − e^−1) / (e − e^−1) with x from accuracies as fractions: a score lies in "
+                "[0, 100], and x = 0 (no gain over random real images, no hard-label gap) is 26.9. Scores are computed "
+                "per seed from runs that share it, then averaged: mean ± std over seeds, 95 % bootstrap interval; "
+                "`*`: runs still unfinished."]
     return out
 
 
@@ -282,13 +335,14 @@ def csv_header(board: Board) -> list[str]:
 
 
 def csv_rows(board: Board) -> list[list[Any]]:
-    """One line per planned run, in plan order; ``selected`` says whether a run's grid value is the one
+    """One line per planned run, the table's then those [scores] adds (``role``); ``selected`` says whether a run's grid value is the one
     the held-out selection chose (blank without selection)."""
     chosen = {r.id for c in board.cells.values() for r in c.chosen}
     rows = []
-    for r in board.runs:
-        selected = ("yes" if r.id in chosen else "no") if board.select_keys else ""
-        rows.append([r.id, r.set, r.method, r.ipc, r.baseline, r.protocol, r.preset, r.student,
+    chosen |= {r.id for c in board.extra_cells.values() for r in c.chosen}
+    for r in board.runs + board.extra:
+        selected = ("yes" if r.id in chosen else "no") if board.select_keys and r.role != scores.REAL else ""
+        rows.append([r.id, r.set, r.method, r.ipc, r.baseline, r.protocol, r.role, r.preset, r.student,
                      *(_csv_value(r.grid.get(k)) for k in board.grid_keys), r.seed, r.status, selected,
                      r.last_top1, r.best_top1, r.last_heldout_top1, r.images_per_s, r.train_time_s, r.wall_s,
                      r.group_key, r.k, r.device, r.error])

@@ -246,7 +246,7 @@ def throughput(board: Board) -> Throughput:
     of their results.json holds the group's wall time: a group is counted once (its longest record)."""
     walls: dict[str, float] = {}
     info: dict[str, tuple[int, str]] = {}
-    for run in board.runs:
+    for run in board.runs + board.extra:  # the runs [scores] adds took device time too
         if not run.finished:
             continue
         key = run.group_key or run.id

@@ -3,6 +3,7 @@ grid, held-out selection), every bad key or value one line naming it (README "Be
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Sequence
 from .. import config as config_mod
 from ..config import PRESETS, Config
 from ..data.datasets import BUILTIN, locate
+from ..engine.pretraining import STREAMED_SETS
 from ..errors import RD3Error
 
 OWN = "own"  # protocol preset: each set's method's own recipe (METHOD_PRESETS)
@@ -20,6 +22,9 @@ OWN = "own"  # protocol preset: each set's method's own recipe (METHOD_PRESETS)
 # sets are DD-Ranking's baseline: they have no recipe of their own, so they get the rectified one.
 METHOD_PRESETS: dict[str, tuple[str, str]] = {
     "random-real": ("rd3", "rd3-small"),
+    # Coreset selections (herding, k-center; DeepCore) ship no post-evaluation recipe either: the rectified one.
+    "herding": ("rd3", "rd3-small"),
+    "kcenter": ("rd3", "rd3-small"),
     "rded": ("rded", "rded-small"),
     "sre2l": ("sre2l", "sre2l-cifar"),
     "cda": ("cda", "cda"),
@@ -44,7 +49,7 @@ SCHEMA_SET = {"preset": "protocols.<name>.preset", "distilled": "[[sets]]", "dat
 
 
 TOP_KEYS = ("root", "dataset", "data_root", "val", "seeds", "students", "teachers", "sets", "protocols", "grid",
-            "select", "max_runs")
+            "select", "max_runs", "scores")
 
 
 MAX_RUNS = 100_000  # runs a sweep may plan unless its max_runs says more (check_size)
@@ -64,6 +69,22 @@ SELECT_KEYS = ("keys", "mode", "size", "seed")
 
 
 SELECT_MODES = ("heldout",)
+
+
+SCORE_KEYS = ("lrs", "ars", "lrs_weight", "ars_weight", "protocol", "use_aug_for_hard", "naug", "real_hard", "real",
+              "units")
+
+
+NAUG_LEVELS = ("all", "mix")  # what the no-augmentation runs switch off (Scores.naug)
+
+
+SCORE_UNITS = ("fraction", "percent")  # the accuracies alpha and beta are computed from (Scores.units)
+
+
+HARD, NAUG, REAL = "hard", "naug", "real"  # the roles of the runs [scores] adds (plan.RunSpec.role)
+
+
+REAL_PRESET = "pretrain"  # the real-hard reference runs: hard labels on the full training split
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,6 +133,30 @@ class Select:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """``[scores]``: DD-Ranking's label-robust and augmentation-robust scores (README "DD-Ranking's scores"),
+    and the runs they need, which the planner adds (``plan.score_runs``)."""
+
+    lrs: bool = False
+    ars: bool = False
+    lrs_weight: float = 0.5  # w in alpha = w IOR - (1 - w) HLR (DD-Ranking's lrs_lambda)
+    ars_weight: float = 0.5  # gamma in beta = gamma (syn-aug - rdm-aug) + (1 - gamma) (syn-naug - rdm-naug)
+    protocol: str = ""  # the sweep protocol whose recipe the hard-label runs use, with CE on hard labels
+    use_aug_for_hard: bool = False  # DD-Ranking's flag: the hard-label runs keep the mixing augmentation
+    naug: str = "all"  # no-augmentation runs: "all" augmentation off | "mix": only CutMix/Mixup/DSA (its code)
+    real_hard: float | None = None  # a known real-hard top-1 (%) instead of runs (ImageNet: DD-Ranking's 56.5)
+    real: dict[str, Any] = field(default_factory=dict)  # [scores.real]: Config keys over the pretrain preset
+    units: str = "fraction"  # alpha, beta from accuracies in [0, 1] (its docs) | "percent" (its code)
+
+    @property
+    def on(self) -> bool:
+        return self.lrs or self.ars
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Sweep:
     path: str  # the TOML file (absolute)
     root: str | None  # absolute; the CLI's --root overrides it
@@ -128,13 +173,18 @@ class Sweep:
     parallel_seeds: int = 1  # the sweep's default K (--parallel-seeds overrides it)
     data_root: str | None = None  # absolute: where `dataset` lies (None: $RD3FAST_DATA, or a set that needs none)
     max_runs: int = MAX_RUNS  # a sweep of more runs is refused when the file is read, naming this key
+    scores: Scores = field(default_factory=Scores)  # [scores]: off unless lrs or ars
 
 
 def count_runs(sweep: Sweep) -> int:
     """sets x protocols x students x grid points x seeds: the runs a plan lists (before protocols that
-    resolve alike share theirs)."""
-    return (len(sweep.sets) * len(sweep.protocols) * len(sweep.students) * math.prod(map(len, sweep.grid.values()))
-            * len(sweep.seeds))
+    resolve alike share theirs), and those ``[scores]`` adds: one hard-label protocol, a no-augmentation
+    variant of each protocol, the real-hard reference per student and seed."""
+    per_protocol = len(sweep.sets) * len(sweep.students) * math.prod(map(len, sweep.grid.values())) * len(sweep.seeds)
+    sc = sweep.scores
+    extra = (per_protocol if sc.lrs else 0) + (per_protocol * len(sweep.protocols) if sc.ars else 0)
+    real = len(sweep.students) * len(sweep.seeds) if sc.lrs and sc.real_hard is None else 0
+    return per_protocol * len(sweep.protocols) + extra + real
 
 
 def check_size(sweep: Sweep) -> int:
@@ -143,7 +193,8 @@ def check_size(sweep: Sweep) -> int:
     parsed, before anything is read or hashed."""
     n = count_runs(sweep)
     if n > sweep.max_runs:
-        raise RD3Error(f"{sweep.path}: {n:,} runs (sets x protocols x students x grid points x seeds) are more than "
+        raise RD3Error(f"{sweep.path}: {n:,} runs (sets x protocols x students x grid points x seeds, and those "
+                       f"[scores] adds) are more than "
                        f"max_runs = {sweep.max_runs:,}; to plan them anyway write max_runs = {n} at the top level of "
                        "the sweep file")
     return n
@@ -208,10 +259,11 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
     protocols = _protocols(raw.get("protocols"), where)
     grid = _grid(raw.get("grid", {}), where)
     select = _select(raw.get("select"), grid, dataset, where)
+    scores = _scores(raw.get("scores"), protocols, sets, dataset, where)
     sweep = Sweep(path=str(where), root=str(base / _typed(root, str, where, "root")) if root is not None else None,
                   dataset=dataset, val=val, seeds=seeds, students=students, teachers=teachers, sets=sets,
                   protocols=protocols, grid=grid, select=select, overrides=top, parallel_seeds=parallel,
-                  data_root=data_root, max_runs=max_runs)
+                  data_root=data_root, max_runs=max_runs, scores=scores)
     check_size(sweep)
     for s in sets:  # an unknown method under `own` is an error now, not when its runs come up
         for proto in protocols:
@@ -414,3 +466,64 @@ def _select(raw: Any, grid: dict[str, tuple], dataset: str | None, where: Path) 
         raise RD3Error(f"{where}: [select] size = {size}, seed = {seed}: the size must be a positive multiple of "
                        f"{dataset}'s {k} classes, the seed in [0, 2**32)")
     return Select(tuple(keys), mode, size, seed)
+
+
+def _scores(raw: Any, protocols: tuple[Protocol, ...], sets: tuple[SetSpec, ...], dataset: str | None,
+            where: Path) -> Scores:
+    """[scores]: which scores, their weights, and what the runs they add look like; checked here, so a sweep
+    whose scores cannot be computed fails before anything is planned."""
+    if raw is None:
+        return Scores()
+    if not isinstance(raw, dict):
+        raise RD3Error(f"{where}: scores must be a table: [scores] then lrs = true, ars = true")
+    _known(raw, SCORE_KEYS, where, "[scores]")
+    flags = {k: _typed(raw.get(k, False), bool, where, f"[scores] {k}") for k in ("lrs", "ars", "use_aug_for_hard")}
+    weights = {}
+    for key in ("lrs_weight", "ars_weight"):
+        w = raw.get(key, 0.5)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+            raise RD3Error(f"{where}: [scores] {key} = {w!r}: expected a number in [0, 1] (DD-Ranking's default 0.5)")
+        weights[key] = float(w)
+    names = [p.name for p in protocols]
+    default = next((p.name for p in protocols if p.preset != OWN), names[0])
+    protocol = _typed(raw.get("protocol", default), str, where, "[scores] protocol")
+    if protocol not in names:
+        raise RD3Error(f"{where}: [scores] protocol = {protocol!r} is not a protocol of this sweep; expected one of "
+                       f"{', '.join(names)} (its recipe, with CE on hard labels, trains the hard-label runs)")
+    naug = _typed(raw.get("naug", "all"), str, where, "[scores] naug")
+    if naug not in NAUG_LEVELS:
+        raise RD3Error(f"{where}: [scores] naug = {naug!r}: expected all (every augmentation off) or mix (only "
+                       "CutMix/Mixup/DSA off, as DD-Ranking's aug_robust.py)")
+    units = _typed(raw.get("units", "fraction"), str, where, "[scores] units")
+    if units not in SCORE_UNITS:
+        raise RD3Error(f"{where}: [scores] units = {units!r}: expected fraction (DD-Ranking's documented formula) "
+                       "or percent (its released code)")
+    real_hard = raw.get("real_hard")
+    if real_hard is not None and (isinstance(real_hard, bool) or not isinstance(real_hard, (int, float))
+                                  or not 0 < real_hard <= 100):
+        raise RD3Error(f"{where}: [scores] real_hard = {real_hard!r}: expected the real-hard top-1 in percent, e.g. "
+                       "56.5 (or leave it out to train the reference runs)")
+    real = raw.get("real", {})
+    if not isinstance(real, dict):
+        raise RD3Error(f"{where}: [scores] real must be a table: [scores.real] then Config keys (e.g. epochs = 30)")
+    real = _overrides(real, where, "[scores.real]")
+    scores = Scores(lrs=flags["lrs"], ars=flags["ars"], use_aug_for_hard=flags["use_aug_for_hard"], protocol=protocol,
+                    naug=naug, units=units, real_hard=None if real_hard is None else float(real_hard), real=real,
+                    **weights)
+    if not scores.on:
+        return scores
+    if not any(s.baseline for s in sets):
+        raise RD3Error(f"{where}: [scores] needs a random-real baseline among the [[sets]] (method = \"random-real\"): "
+                       "IOR and ARS are improvements over it")
+    if scores.lrs and real_hard is None:
+        if dataset is None:
+            raise RD3Error(f"{where}: [scores] lrs: the real-hard reference trains on a dataset's training split; "
+                           "this sweep names val = \"FOLDER\": set dataset = \"NAME\" or give real_hard = <top-1 %>")
+        if dataset in STREAMED_SETS:  # too large to hold: the reference is given as a number
+            raise RD3Error(f"{where}: [scores] lrs on {dataset}: its training split is not held in memory for the "
+                           "real-hard reference; give its top-1 as real_hard = <percent> (DD-Ranking uses 56.5 for "
+                           "ResNet-18-BN)")
+    elif real and real_hard is not None:
+        raise RD3Error(f"{where}: [scores.real] configures the real-hard runs, which real_hard = {real_hard} replaces; "
+                       "drop one")
+    return scores
