@@ -311,8 +311,9 @@ def test_default_sweep_inputs_and_plan(work, monkeypatch):
     arch, size = default_sweep.DEFAULT_TEACHER, datasets.BUILTIN[default_sweep.DEFAULT_DATASET].image_size
     # the default teacher's architecture at Fashion-MNIST's size: the plan loads every teacher it will use
     save_weights(root / "teacher.pt", build_model(arch, 10, size), arch, num_classes=10, image_size=size)
-    for name, src in zip(default_sweep.DEFAULT_SETS, ("random", "other")):
-        shutil.copytree(work / "syn" / src, root / "syn" / name)
+    real = load_real("digits", "train")
+    for seed, name in enumerate(default_sweep.DEFAULT_SETS):  # four sets of distinct content
+        write_image_folder(random_real(real, 2, seed=seed), root / "syn" / name)
     monkeypatch.setattr(default_sweep, "_pretrain_teacher", lambda *a: pytest.fail("the teacher exists"))
     monkeypatch.setattr(default_sweep, "_distill", lambda *a: pytest.fail("the sets exist"))
     toml = default_sweep.default_inputs(root, progress=False)
@@ -321,9 +322,16 @@ def test_default_sweep_inputs_and_plan(work, monkeypatch):
     s = sweepfile.load_sweep(toml)
     assert s.root == str(root) and s.dataset == "fashion-mnist" and s.parallel_seeds == default_sweep.DEFAULT_K
     assert [p.name for p in s.protocols] == ["rd3-small", "own"] and s.seeds == (0, 1, 2)
+    assert list(default_sweep.DEFAULT_SETS.values()) == ["random-real", "rded", "herding", "kcenter"]
+    assert s.scores.lrs and s.scores.ars and s.scores.protocol == "rd3-small"
     plan = sweep.build_plan(s)
-    assert len(plan.runs) == 12 and len(sweep.distinct(plan.runs)) == 9  # random-real's own = rd3-small
-    assert {r.config.epochs for r in plan.runs} == {default_sweep.DEFAULT_EPOCHS}
+    by_role = {role: [r for r in plan.runs if r.role == role] for role in ("", "hard", "naug", "real")}
+    # 4 sets x 2 protocols x 3 seeds, of which random-real's, herding's and kcenter's own runs are rd3-small's
+    assert len(by_role[""]) == 24 and len(sweep.distinct(by_role[""])) == 15
+    assert len(by_role["hard"]) == 12 and len(sweep.distinct(by_role["naug"])) == 15 and len(by_role["real"]) == 3
+    assert len(plan.runs) == 63 and len(sweep.distinct(plan.runs)) == 45
+    assert {r.config.epochs for r in plan.runs if r.role != "real"} == {default_sweep.DEFAULT_EPOCHS}
+    assert {r.config.epochs for r in by_role["real"]} == {default_sweep.DEFAULT_REAL_EPOCHS}
 
 
 def test_a_checkpoint_of_other_runs_is_discarded_not_an_error(work):

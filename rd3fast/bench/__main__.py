@@ -184,7 +184,7 @@ def _default(args: argparse.Namespace) -> int:
     root = check_output_dir(args.root or DEFAULT_ROOT, "--root").absolute()
     print(f"rd3fast bench: the default sweep: {DEFAULT_DATASET}, IPC {DEFAULT_IPC} "
           f"({', '.join(DEFAULT_SETS.values())}), student {DEFAULT_STUDENT}, 3 seeds, under rd3-small and each "
-          f"method's own protocol.\nNOTE: epochs shortened to {DEFAULT_EPOCHS} (the protocols use 300-400) and "
+          f"method's own protocol, with DD-Ranking's scores (LRS, ARS).\nNOTE: epochs shortened to {DEFAULT_EPOCHS} (the protocols use 300-400) and "
           f"evaluations to every {DEFAULT_EVAL_EVERY} epochs; everything else is the presets'. Inputs and results "
           f"in {root}/", flush=True)
     with OutputLock.folder(root, "--root"):

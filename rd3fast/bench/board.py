@@ -277,7 +277,7 @@ def _select(runs: list[Run], keys: Sequence[str]) -> Cell:
     """Without selection keys, every run counts. With them, the grid value with the best mean held-out
     top-1 over its finished seeds (the first in grid order on a tie); the test top-1 is reported there only.
     While runs are pending the choice is provisional (the cell says how many are done)."""
-    if not keys:
+    if not keys or not any(k in r.grid for r in runs for k in keys):  # nothing to choose (the real-hard runs)
         return Cell(runs=runs, chosen=runs)
     points: dict[GridKey, list[Run]] = {}
     for run in runs:

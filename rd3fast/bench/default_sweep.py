@@ -35,7 +35,12 @@ DEFAULT_K = 3  # the 3 seeds of a set at once: one teacher pass per step for all
 DEFAULT_IPC = 10
 
 
-DEFAULT_SETS = {f"random-real-ipc{DEFAULT_IPC}": "random-real", f"rded-ipc{DEFAULT_IPC}": "rded"}
+# Every distiller that takes seconds on this CPU: a random real subset (the baseline), RDED's selection, and
+# the herding and k-center coresets on the teacher's features.
+DEFAULT_SETS = {f"{m}-ipc{DEFAULT_IPC}": m for m in ("random-real", "rded", "herding", "kcenter")}
+
+
+DEFAULT_REAL_EPOCHS = 2  # the real-hard reference of the scores: the student on all 60,000 training images
 
 
 DEFAULT_TOML = """\
@@ -59,6 +64,16 @@ weights = "teacher.pt"
 
 [protocols.own]
 small = true
+
+# DD-Ranking's scores: the planner adds the hard-label runs (rd3-small's recipe, CE on hard labels), the
+# no-augmentation runs (ARS) and the real-hard reference (the student on the real training split).
+[scores]
+lrs = true
+ars = true
+
+[scores.real]
+epochs = {real_epochs}
+eval_every = {real_epochs}
 """
 
 
@@ -78,7 +93,8 @@ def default_inputs(root: Path, progress: bool = True) -> Path:
     sets = "".join(f'\n[[sets]]\nname = "{name}"\npath = "syn/{name}"\nmethod = "{method}"\nipc = {DEFAULT_IPC}\n'
                    for name, method in DEFAULT_SETS.items())
     text = DEFAULT_TOML.format(toml=toml, epochs=DEFAULT_EPOCHS, eval_every=DEFAULT_EVAL_EVERY, dataset=DEFAULT_DATASET,
-                               student=DEFAULT_STUDENT, k=DEFAULT_K, teacher=DEFAULT_TEACHER, sets=sets)
+                               student=DEFAULT_STUDENT, k=DEFAULT_K, teacher=DEFAULT_TEACHER, sets=sets,
+                               real_epochs=DEFAULT_REAL_EPOCHS)
     write_text_if_changed(toml, text)
     return toml
 
@@ -93,21 +109,27 @@ def _pretrain_teacher(out: Path, progress: bool) -> None:
 
 
 def _distill(root: Path, teacher: Path, names: list[str]) -> None:
-    """The default sets (rd3fast.distill's functions): a random real subset and RDED's selection."""
+    """The default sets (rd3fast.distill's functions): a random real subset, RDED's selection, herding and
+    k-center on the teacher's penultimate features."""
     from ..data.datasets import BUILTIN
     from ..data.sets import load_real, write_image_folder
     from ..engine.experiment import pick_device
     from ..engine.teacher import load_teachers
-    from ..methods.coreset import random_real
+    from ..methods.coreset import coreset_select, random_real
     from ..methods.rded import rded_select
 
     info, real = BUILTIN[DEFAULT_DATASET], load_real(DEFAULT_DATASET, "train")
     device = pick_device("auto")
     for name in names:
-        if DEFAULT_SETS[name] == "random-real":
+        method = DEFAULT_SETS[name]
+        if method == "random-real":
             images = random_real(real, DEFAULT_IPC, seed=0)
         else:
             relabel = load_teachers([DEFAULT_TEACHER], [teacher], real.num_classes, info.image_size, device)
-            images = rded_select(real, relabel, DEFAULT_IPC, info.mean, info.std, factor=1, device=device,
-                                 progress=False)
+            if method == "rded":
+                images = rded_select(real, relabel, DEFAULT_IPC, info.mean, info.std, factor=1, device=device,
+                                     progress=False)
+            else:
+                images = coreset_select(real, relabel, DEFAULT_IPC, info.mean, info.std, method=method, seed=0,
+                                        device=device, progress=False)
         write_image_folder(images, root / "syn" / name)

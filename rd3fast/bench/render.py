@@ -271,10 +271,11 @@ def _throughput_section(board: Board) -> list[str]:
 
 
 def _failed_section(board: Board) -> list[str]:
-    failed = [r for r in board.runs if r.status == "failed"]
+    failed = [r for r in board.runs + board.extra if r.status == "failed"]
     if not failed:
         return []
-    lines = [f"- `{r.id}` {r.set} / {r.protocol} / {r.student} seed {r.seed}"
+    lines = [f"- `{r.id}` {r.set} / {r.protocol}{'/' + r.role if r.role not in ('', r.protocol) else ''} / "
+             f"{r.student} seed {r.seed}"
              + "".join(f" {k}={value_text(v)}" for k, v in r.grid.items()) + f": {' '.join(str(r.error).split())}"
              for r in failed[:FAILED_LISTED]]
     if len(failed) > FAILED_LISTED:
@@ -291,6 +292,10 @@ def _preamble(board: Board) -> list[str]:
     state = f"{len(runs)} runs: {ok} ok"
     state += f", {failed} failed" if failed else ""
     state += f", {pending} pending or running" if pending else " (complete)"
+    if board.extra:  # the runs [scores] adds
+        done = sum(r.status == "ok" for r in board.extra)
+        bad = sum(r.status == "failed" for r in board.extra)
+        state += f"; {len(board.extra)} runs for the scores: {done} ok" + (f", {bad} failed" if bad else "")
     out = [f"# Leaderboard: {board.root}", "",
            f"Sweep `{board.plan.get('sweep', '?')}` (plan {board.plan.get('created', '?')}); "
            f"student{'s' if len(board.students) > 1 else ''} {students}; {state}."]
