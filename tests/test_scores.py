@@ -15,7 +15,12 @@ from rd3fast.bench.plan import build_plan
 from rd3fast.data.sets import load_real
 from rd3fast.errors import RD3Error
 from tests.test_leaderboard import finished, make_root
-from tests.test_sweep import counted, inputs, toml_text, work, write_sweep  # noqa: F401 (fixtures)
+from tests import test_sweep
+from tests.test_sweep import toml_text, write_sweep
+
+# The sweep tests' fixtures: digits subsets and a random-init teacher (inputs), copied per test (work), and
+# the count of groups trained (counted).
+inputs, work, counted = test_sweep.inputs, test_sweep.work, test_sweep.counted
 
 # ---------------------------------------------------------------------------------------------------
 # The arithmetic
