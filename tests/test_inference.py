@@ -70,3 +70,18 @@ def test_board_ranking_ties_and_flips(tmp_path) -> None:
     assert board_stats.flips(board, view, "A", "B") == (3, 1, 0)
     text = render.render_markdown(board)
     assert "### Rank groups" in text and "seeds needed" in text
+
+
+def test_a_difference_too_small_to_chase_is_not_given_a_seed_count(tmp_path) -> None:
+    # differences 0.1, -0.1, 0.05 (mean 0.0167, sd 0.104): ((1.96 + 0.842) * 0.104 / 0.0167)^2 ≈ 306,
+    # + 1 -> 307 seeds; scaled so the means differ by 0.002 the count runs into the tens of thousands.
+    runs = (finished("x", "sre2l", 10, "A", [40.0, 41.0, 42.0]) + finished("y", "cda", 10, "A", [40.1, 40.9, 42.05]))
+    board = lb.load(make_root(tmp_path / "a", runs))
+    (view,) = board_stats.views(board)
+    (pair,) = board_stats.ranking(board, view, "A").pairs
+    assert 200 < pair.seeds_needed <= render.SEEDS_SHOWN and f"| {pair.seeds_needed} |" in render.render_markdown(board)
+    runs = (finished("x", "sre2l", 10, "A", [40.0, 41.0, 42.0]) + finished("y", "cda", 10, "A", [40.1, 40.9, 42.006]))
+    board = lb.load(make_root(tmp_path / "b", runs))
+    (view,) = board_stats.views(board)
+    (pair,) = board_stats.ranking(board, view, "A").pairs
+    assert pair.seeds_needed > render.SEEDS_SHOWN and "> 1,000 (no practical difference)" in render.render_markdown(board)

@@ -27,6 +27,9 @@ CSV_TAIL = ("seed", "status", "selected", "last_top1", "best_top1", "last_heldou
 FAILED_LISTED = 20  # failed runs named in the Markdown; all of them are in the CSV
 
 
+SEEDS_SHOWN = 1000  # seeds needed above this are shown as "> 1,000": a difference too small to chase
+
+
 def _num(v: float | None, fmt: str = ".1f", none: str = "") -> str:
     return none if v is None else format(v, fmt)
 
@@ -213,7 +216,9 @@ def _rank_section(board: Board, vs: list[View]) -> list[str]:
                              f"{iv.value:.1f}{interval_text(iv)}" if iv else "—"])
             for q in r.pairs:
                 if not q.separated:
-                    need = "—" if q.seeds_needed is None else str(q.seeds_needed)
+                    need = "—" if q.seeds_needed is None else (
+                        f"> {SEEDS_SHOWN:,} (no practical difference)" if q.seeds_needed > SEEDS_SHOWN
+                        else str(q.seeds_needed))
                     needs.append([v.label(board), p, f"{q.better} − {q.worse}",
                                   f"{q.difference.value:+.1f}{interval_text(q.difference, '+.1f')}",
                                   "—" if q.p is None else f"{q.p:.3f}", need])
