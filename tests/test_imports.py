@@ -45,7 +45,7 @@ WINGS = ("shared", "data", "engine", "methods", "bench", "entry")  # bottom to t
 # The top level of the package holds two kinds of module: what every wing shares, and the entry points.
 SHARED = {"atomic", "cachedir", "cliargs", "config", "errors", "host", "lock", "outputs", "progress", "results",
           "version"}
-ENTRY = {"demo", "distill", "evaluate", "prepare", "pretrain", "run"}
+ENTRY = {"ddranking", "demo", "distill", "evaluate", "prepare", "pretrain", "run"}
 
 
 def wing(module: str) -> str:
