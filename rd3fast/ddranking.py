@@ -21,14 +21,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_folder
+from .atomic import atomic_write
 from .bench.board import Board, load
 from .bench.executors import run_groups
 from .bench.group import run_group
 from .bench.plan import build_plan, distinct
 from .bench.scores import Estimate, estimate, per_seed_scores, real_cell, row_scores, settings
 from .bench.stats import seeds_of
-from .bench.store import read_result, to_train, write_plan
+from .bench.store import read_result, to_train, write_plan, write_text_if_changed
 from .bench.sweepfile import NAUG, load_sweep
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .data.datasets import BUILTIN
@@ -36,7 +36,7 @@ from .data.pixels import normalize, resize_uint8
 from .data.sets import load_real, train_subset, write_image_folder
 from .data.zca import fit_pixels
 from .engine import aug as dsa
-from .engine.models import build_model, save_weights
+from .engine.models import build_model
 from .engine.teacher import load_teachers
 from .errors import RD3Error
 from .lock import OutputLock
@@ -109,7 +109,7 @@ def compute_metrics(image_tensor: Any = None, image_path: str | None = None, sof
     evaluations; the random baseline is one random_real draw (seed 0), not one per round; seeds are 0 ..
     num_eval − 1, not the clock; scores are its docs' formula on fractions, in percent (``units="percent"``:
     its code's arithmetic); CutMix/Mixup mix the targets too; float images are read back to 8-bit pixels
-    except under DSA; an image's hard label is its soft labels' argmax (refused unless it is i // ipc)."""
+    except under DSA. An image's class is i // ipc, as its hard_labels, whatever its soft labels' argmax."""
     opts = _options({**options, "dataset": dataset, "ipc": ipc, "model_name": model_name,
                      "teacher_weights": teacher_weights})
     labels = opts["soft_label_mode"] or ("S" if soft_labels is not None else "M")
@@ -174,9 +174,8 @@ def _options(given: Mapping[str, Any]) -> dict[str, Any]:
     size = o["im_size"]
     if size is not None and (len(size) != 2 or size[0] != size[1]):
         raise RD3Error(f"im_size {size!r}: rd3fast trains square images; expected (S, S)")
-    # digits ships with scikit-learn: a data root would be searched for a layout it has none of
     o.update(_name=name, _mean=mean, _std=std, _k=BUILTIN[name].num_classes, _size=int(size[0]) if size else
-             BUILTIN[name].image_size, _root=None if name == "digits" else o["real_data_path"])
+             BUILTIN[name].image_size, _root=o["real_data_path"])
     o["_student"] = _model(o["model_name"], o["stu_use_torchvision"] or o["use_torchvision"], o, "model_name")
     return o
 
@@ -256,16 +255,10 @@ def _protocol(o: Mapping[str, Any], labels: str, syn_lr: float | None) -> dict[s
     return {**p, **(o["rd3fast"] or {})}
 
 
-def _teachers(o: Mapping[str, Any], labels: str, root: Path) -> list[tuple[str, str]]:
-    """(arch, weights) per teacher. Hard labels need none, but a sweep has one: a fixed random-init network,
-    loaded and never run (loss ce trains on the labels alone)."""
+def _teachers(o: Mapping[str, Any], labels: str) -> list[tuple[str, str]]:
+    """(arch, weights) per teacher; none for hard labels (loss ce trains on the labels alone)."""
     if labels == "hard":
-        path = root / "unused-teacher.pt"
-        if not path.is_file():
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                save_weights(path, build_model(o["_student"], o["_k"], o["_size"]), o["_student"])
-        return [(o["_student"], str(path.absolute()))]
+        return []
     names, weights, archs = o["teacher_model_names"], o["teacher_weights"], o["teacher"]
     weights = [weights] if isinstance(weights, (str, Path)) else weights
     archs = [archs] if isinstance(archs, str) else archs
@@ -320,20 +313,20 @@ def _syn_inputs(o: Mapping[str, Any], labels: str, image_tensor: Any, image_path
                        "of image_tensor")
     if labels == "hard" and not bool(((y >= 0) & (y < k)).all()):
         raise RD3Error(f"hard_labels: expected class indices in [0, {k})")
-    # rd3fast takes a soft row's argmax as the image's class (its hard-label runs); DD-Ranking's is i // ipc
-    if labels != "hard" and (wrong := int((y.argmax(1) != classes).sum())):
-        raise RD3Error(f"soft_labels: the argmax of {wrong} rows is not their image's class i // ipc, which "
-                       "rd3fast's hard-label runs would take from it")
     return x.clone(), y.clone(), None
 
 
-def _write_mtt(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> Path:
-    """images_best.pt + labels_best.pt (data/tensors.py reads them), written once, atomically."""
-    if not folder.is_dir():
-        with atomic_folder(folder) as tmp:
-            torch.save(images, tmp / "images_best.pt")
-            torch.save(labels, tmp / "labels_best.pt")
-    return folder
+def _write_set(path: Path, images: torch.Tensor, classes: torch.Tensor, soft: torch.Tensor | None = None) -> Path:
+    """A .pt set (data/tensors.py reads it), written once, atomically: each image's class (DD-Ranking's
+    hard_labels, i // ipc) and the soft labels beside them, whose argmax may differ from the class (a
+    teacher's logits of an image it misreads)."""
+    if not path.is_file():
+        obj = {"images": images, "labels": classes.to(torch.int64)}
+        if soft is not None:
+            obj["soft_labels"] = soft
+        with atomic_write(path) as tmp:
+            torch.save(obj, tmp)
+    return path
 
 
 def _random_set(o: Mapping[str, Any], labels: str, teachers: list[tuple[str, str]], root: Path) -> Path:
@@ -343,8 +336,8 @@ def _random_set(o: Mapping[str, Any], labels: str, teachers: list[tuple[str, str
     name, size = o["_name"], o["_size"]
     tag = _digest([name, o["ipc"], labels, teachers, size, o["use_zca"], o["_root"]])[:8]
     folder = root / "sets" / f"random-ipc{o['ipc']}-{tag}"
-    if folder.is_dir():
-        return folder
+    if folder.is_dir() or folder.with_suffix(".pt").is_file():  # written whole (atomically) or not at all
+        return folder if folder.is_dir() else folder.with_suffix(".pt")
     if BUILTIN[name].kind == "files":
         real = train_subset(name, o["ipc"], 0, data_root=o["_root"])
     else:
@@ -360,7 +353,8 @@ def _random_set(o: Mapping[str, Any], labels: str, teachers: list[tuple[str, str
         x = normalize(x, mean, std)
     teacher = load_teachers([a for a, _ in teachers], [w for _, w in teachers], o["_k"], size, torch.device("cpu"),
                             input_mean=mean, input_std=std)
-    return _write_mtt(folder, real.images, torch.cat([teacher(b) for b in x.split(256)]))
+    return _write_set(folder.with_suffix(".pt"), real.images, real.labels,
+                      torch.cat([teacher(b) for b in x.split(256)]))
 
 
 def _digest(key: Any, tensors: Sequence[torch.Tensor | None] = (), folder: Path | None = None) -> str:
@@ -423,8 +417,7 @@ def _sweep(o: Mapping[str, Any], root: Path, sets: Mapping[str, Path], teachers:
             lines += ["", f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in table.items())]
     text = "\n".join(lines) + "\n"
     path = root / "sweep.toml"
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+    write_text_if_changed(path, text)  # atomically: a sweep running from it never reads half a file
     return path
 
 
@@ -451,7 +444,7 @@ def _evaluate(o: Mapping[str, Any], labels: str, which: Sequence[str], image_ten
     images, ys, folder = _syn_inputs(o, labels, image_tensor, image_path, given)
     protocol = _protocol(o, labels, syn_lr)
     real, real_hard = _real(o) if "lrs" in which else ({}, None)
-    teachers = [] if labels == "hard" else _teachers(o, labels, Path("."))
+    teachers = _teachers(o, labels)
     # The root is what decides the runs, not which scores are read from them: LRS and ARS of a set share it.
     key = dict(protocol=protocol, labels=labels, teachers=teachers, **{k: o[k] for k in (
         "_name", "ipc", "_student", "num_eval", "lr_grid", "heldout_size", "_root", "eval_full_data", "real",
@@ -459,8 +452,9 @@ def _evaluate(o: Mapping[str, Any], labels: str, which: Sequence[str], image_ten
     root = Path(o["save_path"] or Path("runs/ddranking") / _digest(key, (images, ys), folder)[:12])
     root = root.with_suffix("") if root.suffix == ".csv" else root  # its save_path is a CSV file: a folder beside it
     with OutputLock.folder(root, "save_path"):
-        teachers = teachers or _teachers(o, labels, root)
-        syn = folder or _write_mtt(root / "sets" / f"syn-{_digest({}, (images, ys))[:12]}", images, ys)
+        syn = folder or _write_set(root / "sets" / f"syn-{_digest({}, (images, ys))[:12]}.pt", images,
+                                   torch.arange(len(images)) // o["ipc"] if ys.is_floating_point() else ys,
+                                   ys if ys.is_floating_point() else None)
         heldout = _heldout(o) if syn_lr is None else 0
         # naug "mix": only data_aug_func off, as its aug_robust.py (aug_func=None); its hard-label class always
         # augments the syn-hard runs, its soft-label classes with use_aug_for_hard.
@@ -521,7 +515,7 @@ def _write_csv(path: Path, out: Mapping[str, Any]) -> None:
                "without_aug_scores": "without_aug_scores", "augmentation_robust_score": "ars_list"}
     have = {col: out["per_seed"][k] for k, col in columns.items() if k in out["per_seed"]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(list(have))
         w.writerows([v.get(s, "") for v in have.values()] for s in out["seeds"])

@@ -270,6 +270,21 @@ def test_soft_labels_argmax(tmp_path):
     assert torch.equal(s.labels, logits.argmax(1)) and s.num_classes == 7
 
 
+def test_soft_labels_beside_hard_labels_keep_each_images_class(tmp_path):
+    # DD-Ranking's inputs: image i is of class i // ipc, its soft labels a teacher's logits, which may misread it
+    x = torch.randint(0, 256, (4, 3, 2, 2), dtype=torch.uint8)
+    classes, soft = torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 3.0, 0.0],
+                                                              [0.0, 0.0, 4.0]])
+    torch.save({"images": x, "labels": classes, "soft_labels": soft}, tmp_path / "s.pt")
+    s = load_distilled(tmp_path / "s.pt")
+    assert torch.equal(s.labels, classes) and torch.equal(s.soft, soft) and s.num_classes == 3
+    for bad, message in ((soft[:3], r"soft_labels \(3, 3\)"), (soft[:, :1], r"K >= 2 classes"),
+                         (soft.long(), "expected floats"), (soft * float("nan"), "NaN or inf")):
+        torch.save({"images": x, "labels": classes, "soft_labels": bad}, tmp_path / "bad.pt")
+        with pytest.raises(RD3Error, match=message):
+            load_distilled(tmp_path / "bad.pt")
+
+
 def test_tensor_load_size(tmp_path):
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     torch.save((x, torch.tensor([0, 1])), tmp_path / "t.pt")

@@ -342,3 +342,11 @@ def test_cifar_allowed_globals_are_narrow(tmp_path, stream, refused):
     path.write_bytes(stream)
     assert f"refused to unpickle {refused}" in one_line_error(str(path), read_cifar, path.parent, "cifar10", "test",
                                                               "python")
+
+
+def test_digits_needs_no_layout_whatever_the_data_root(tmp_path):
+    # scikit-learn's copy: a data root given for other sets (or $RD3FAST_DATA) must not be searched for it
+    from rd3fast.data.datasets import locate, read_arrays
+
+    assert locate("digits", tmp_path) is None
+    assert read_arrays("digits", "train", tmp_path)[0].shape[1:] == (1, 8, 8)

@@ -136,15 +136,19 @@ def test_soft_labels_and_a_given_lr(inputs: tuple[Path, torch.Tensor], tmp_path:
     """soft_label_mode 'S': the set's own soft labels, the random set with the teacher's logits; syn_lr: no grid."""
     base, x = inputs
     soft = torch.nn.functional.one_hot(torch.arange(20) // 2, 10).float() * 5
+    soft[0] = torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 5  # a teacher misreading image 0
     evaluator = ddr.LabelRobustScoreSoft(**dict(COMMON, teacher_weights=str(base / "teacher.pt"),
                                                 save_path=str(tmp_path / "scores.csv")))
     out = evaluator.compute_metrics(image_tensor=x, soft_labels=soft, syn_lr=torch.tensor(0.02))
     assert out["lr"] == out["lr_random"] == pytest.approx(0.02) and out["heldout_size"] is None
+    [syn_set] = (tmp_path / "scores" / "sets").glob("syn-*.pt")
+    held = torch.load(syn_set)  # image 0 keeps its class 0 (DD-Ranking's i // ipc) beside the soft labels
+    assert held["labels"].tolist() == (torch.arange(20) // 2).tolist() and torch.equal(held["soft_labels"], soft)
     assert out["root"] == str((tmp_path / "scores").absolute())
     toml = (tmp_path / "scores" / "sweep.toml").read_text()
     assert 'label_source = "set"' in toml and "[grid]" not in toml and "[select]" not in toml
     [random_set] = (tmp_path / "scores" / "sets").glob("random-*")
-    assert torch.load(random_set / "labels_best.pt").shape == (20, 10)  # the teacher's logits
+    assert torch.load(random_set)["soft_labels"].shape == (20, 10)  # the teacher's logits
     assert (tmp_path / "scores.csv").read_text().splitlines()[0] == "hard_label_recovery,improvement_over_random,lrs"
     acc, _ = from_results(out["root"])
     per = scores.per_seed_scores(acc[("syn", "")], acc[("random", "")], acc[("syn", "hard")],
@@ -153,12 +157,12 @@ def test_soft_labels_and_a_given_lr(inputs: tuple[Path, torch.Tensor], tmp_path:
 
 
 def test_hard_labels(inputs: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
-    """LabelRobustScoreHard: cross-entropy throughout, no teacher needed (a fixed unused one fills the sweep)."""
+    """LabelRobustScoreHard: cross-entropy throughout, no teacher: the sweep has no [[teachers]]."""
     _, x = inputs
     out = ddr.LabelRobustScoreHard(**dict(COMMON, save_path=str(tmp_path))).compute_metrics(image_tensor=x,
                                                                                              syn_lr=0.05)
     toml = (tmp_path / "sweep.toml").read_text()
-    assert 'loss = "ce"' in toml and "use_aug_for_hard = true" in toml and (tmp_path / "unused-teacher.pt").is_file()
+    assert 'loss = "ce"' in toml and "use_aug_for_hard = true" in toml and "[[teachers]]" not in toml
     acc, _ = from_results(out["root"])
     per = scores.per_seed_scores(acc[("syn", "")], acc[("random", "")], acc[("syn", "hard")],
                                  acc[("digits (train)", "real")])
@@ -170,7 +174,7 @@ def test_hard_labels(inputs: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
     (dict(num_epoch=3), "num_epoch"),
     (dict(soft_labels=torch.zeros(19, 10)), "soft_labels"),
     (dict(soft_labels=torch.zeros(20, 10), soft_label_mode="M"), "soft_labels"),
-    (dict(soft_labels=torch.eye(10).repeat(2, 1)), "soft_labels"),  # row i's argmax is not i // ipc
+    (dict(soft_labels=torch.full((20, 10), float("nan"))), "soft_labels"),
     (dict(model_name="VGG-11"), "model_name"),
     (dict(model_name="no-such-net"), "model_name"),
     (dict(image_tensor=slice(0, 19)), "image_tensor"),

@@ -223,3 +223,18 @@ def test_scores_of_unfinished_runs_are_marked_and_missing_inputs_give_none(tmp_p
     assert got.lrs.per_seed[0] == pytest.approx(scores.lrs(60.0, 10.0))
     md = render.render_markdown(board)
     assert "80.0 (given in the sweep)" in md and "+60.0 (n=1) *" in md
+
+
+def test_a_sweep_may_have_no_teacher_when_no_protocol_needs_one(work):
+    # hard labels only (DD-Ranking's LabelRobustScoreHard): no [[teachers]] at all
+    text = toml_text(protocols='[protocols.ce]\npreset = "rd3-small"\nloss = "ce"\nmix = "none"\n')
+    text = text.replace('[[teachers]]\narch = "convnet-d2-w8"\nweights = "teacher.pt"\n', "")
+    assert "[[teachers]]" not in text
+    plan = build_plan(sweepfile.load_sweep(write_sweep(work, text + "[scores]\nlrs = true\nreal_hard = 90.0\n")),
+                      progress=False)
+    hard = [r for r in plan.runs if r.role == "hard"]
+    table = [r for r in plan.runs if not r.role]
+    assert all(r.config.teacher == () and r.teachers == () for r in plan.runs)
+    assert {r.id for r in hard} == {r.id for r in table}  # CE without mixing: the hard runs are the table's
+    with pytest.raises(RD3Error, match="needs at least one teacher.*add a \\[\\[teachers\\]\\] table"):
+        build_plan(sweepfile.load_sweep(write_sweep(work, text.replace('loss = "ce"\n', ""))), progress=False)

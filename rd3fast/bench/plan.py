@@ -117,8 +117,9 @@ def resolve_run_config(sweep: Sweep, s: SetSpec, proto: Protocol, student: str, 
     try:
         return Config(**{**_preset_values(preset), **overrides, "preset": preset})
     except RD3Error as e:
+        hint = "; add a [[teachers]] table" if not sweep.teachers and "teacher" in str(e) else ""
         raise RD3Error(f"{sweep.path}: protocol {proto.name!r} ({preset}), set {s.name!r}"
-                       f"{', grid ' + json.dumps(point) if point else ''}: {e}") from None
+                       f"{', grid ' + json.dumps(point) if point else ''}: {e}{hint}") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -288,9 +289,9 @@ def variant(cfg: Config, role: str, sweep: Sweep, protocol: str, set_name: str) 
                        label_source="teacher", ce_weight=0.0, cache=None, cache_mode="off", logit_norm=False,
                        teacher_bn_train=False)
         if not sc.use_aug_for_hard:
-            changes.update(mix="none", dsa_strategy="none")
+            changes.update(mix="none", **_no_dsa(cfg))
     elif role == NAUG:
-        changes = dict(mix="none", dsa_strategy="none")
+        changes = dict(mix="none", **_no_dsa(cfg))
         if sc.naug == "all":
             changes.update(crop="none", flip_p=0.0, patch_shuffle=1, edc_noop_shuffle=False)
     try:
@@ -298,6 +299,12 @@ def variant(cfg: Config, role: str, sweep: Sweep, protocol: str, set_name: str) 
     except RD3Error as e:
         raise RD3Error(f"{sweep.path}: [scores] {role} runs of set {set_name!r} under protocol {protocol!r}: "
                        f"{e}") from None
+
+
+def _no_dsa(cfg: Config) -> dict[str, Any]:
+    """DSA off where it is on; nothing otherwise (a strategy the standard pipeline never reads would only
+    change the run's id)."""
+    return {"dsa_strategy": "none"} if cfg.aug == "dsa" else {}
 
 
 def real_set(sweep: Sweep) -> SetSpec:

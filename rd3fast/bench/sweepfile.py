@@ -253,7 +253,10 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
     students = tuple(_typed(s, str, where, "students") for s in _list(raw, "students", where))
     if not students:
         raise RD3Error(f"{where}: students = [...] lists no student architecture")
-    teachers = tuple(_teacher(t, i, base, where) for i, t in enumerate(_tables(raw, "teachers", where)))
+    # Optional: protocols on hard labels or the set's own (CE, --label-source set) run no teacher; one that needs
+    # a teacher without one is refused when the plan resolves it.
+    teachers = tuple(_teacher(t, i, base, where) for i, t in
+                     enumerate(_tables(raw, "teachers", where) if "teachers" in raw else []))
     sets = tuple(_set(s, i, base, where) for i, s in enumerate(_tables(raw, "sets", where)))
     _unique([s.name for s in sets], where, "sets: name")
     protocols = _protocols(raw.get("protocols"), where)

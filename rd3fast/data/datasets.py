@@ -115,6 +115,8 @@ def locate(name: str, data_root: str | Path | None = None) -> Path | None:
     """Where the named set lies (its standard folder under the data root, or the root itself); None for the
     sets that need no root. Cheap (no decode, no full listing): callers check a run's data before anything
     heavier, and a root without the layout is one RD3Error naming the files looked for."""
+    if name == "digits":  # scikit-learn's copy: no layout to find, whatever the data root
+        return None
     root = resolve_root(name, data_root)
     if root is None:
         return None

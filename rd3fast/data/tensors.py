@@ -26,6 +26,7 @@ from .pixels import resize_uint8
 TENSOR_EXTS = (".pt", ".pth", ".npz")
 PT_IMAGE_KEYS = ("images", "x", "data", "image_syn")
 PT_LABEL_KEYS = ("labels", "y", "targets", "label_syn")
+PT_SOFT_KEY = "soft_labels"  # optional in a .pt dict: (N, K) soft labels beside the hard labels (DD-Ranking's API)
 NPZ_IMAGE_KEYS = ("x", "images", "data")
 NPZ_LABEL_KEYS = ("y", "labels", "targets")
 MTT_FILES = ("images_best.pt", "labels_best.pt")
@@ -60,6 +61,7 @@ def read_tensor_set(p: Path, load_size: int = 0, mean: Sequence[float] = (), std
     images are kept as stored (float32): the values the model was trained on when the set was distilled
     (MTT's images_best.pt: normalized, ZCA-whitened when distilled with ZCA), for the DSA pipeline."""
     present = [name for name in MTT_FILES if (p / name).is_file()] if p.is_dir() else []
+    extra_soft = None  # a .pt dict's soft_labels beside its hard labels
     if len(present) == 2:
         images, labels = (_torch_load(p / name) for name in MTT_FILES)
     elif present:
@@ -68,7 +70,7 @@ def read_tensor_set(p: Path, load_size: int = 0, mean: Sequence[float] = (), std
     elif not p.is_dir() and p.suffix.lower() == ".npz":
         images, labels = _read_npz(p)
     elif not p.is_dir() and p.suffix.lower() in (".pt", ".pth"):
-        images, labels = _read_pt(p)
+        images, labels, extra_soft = _read_pt(p)
     else:
         raise RD3Error(f"{p}: unsupported distilled set; expected an ImageFolder directory, a "
                        f"{'/'.join(TENSOR_EXTS)} file or a folder with {' + '.join(MTT_FILES)}")
@@ -81,6 +83,8 @@ def read_tensor_set(p: Path, load_size: int = 0, mean: Sequence[float] = (), std
         raise RD3Error(f"{p}: holds no images")
     soft = y.float().contiguous() if y.dim() == 2 and y.is_floating_point() else None
     y, k = _hard_labels(y, p)
+    if extra_soft is not None:  # DD-Ranking's layout: each image's class, and soft labels whose argmax may differ
+        soft, k = _extra_soft(extra_soft, y, k, p)
     if model_space and x.is_floating_point():
         x = _model_space_images(x, p)
         if load_size:
@@ -196,15 +200,28 @@ def _pick(d: dict, keys: Sequence[str], path: Path, what: str) -> Any:
                    f"found keys {', '.join(map(str, d)) or 'none'}")
 
 
-def _read_pt(path: Path) -> tuple[Any, Any]:
+def _read_pt(path: Path) -> tuple[Any, Any, Any]:
+    """(images, labels, soft labels or None): a dict may carry ``soft_labels`` beside hard ``labels``."""
     obj = _torch_load(path)
     if isinstance(obj, dict):
-        return _pick(obj, PT_IMAGE_KEYS, path, "images"), _pick(obj, PT_LABEL_KEYS, path, "labels")
+        return (_pick(obj, PT_IMAGE_KEYS, path, "images"), _pick(obj, PT_LABEL_KEYS, path, "labels"),
+                obj.get(PT_SOFT_KEY))
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return obj[0], obj[1]
+        return obj[0], obj[1], None
     raise RD3Error(f"{path}: unknown tensor-file layout ({type(obj).__name__}); expected a dict with "
                    f"{'|'.join(PT_IMAGE_KEYS)} and {'|'.join(PT_LABEL_KEYS)} keys, "
                    "or an (images, labels) pair")
+
+
+def _extra_soft(value: Any, hard: torch.Tensor, k: int, path: Path) -> tuple[torch.Tensor, int]:
+    """A .pt dict's ``soft_labels`` checked against its hard labels: float (N, K), finite, K covering them."""
+    s = _as_tensor(value, path, PT_SOFT_KEY)
+    if s.dim() != 2 or len(s) != len(hard) or not s.is_floating_point() or s.shape[1] < k:
+        raise RD3Error(f"{path}: {PT_SOFT_KEY} {tuple(s.shape)} {s.dtype}: expected floats of shape ({len(hard)}, K), "
+                       f"one row per image, K >= {k} classes of its labels")
+    if not bool(torch.isfinite(s).all()):
+        raise RD3Error(f"{path}: {PT_SOFT_KEY} contain NaN or inf")
+    return s.float().contiguous(), int(s.shape[1])
 
 
 def _read_npz(path: Path) -> tuple[Any, Any]:
