@@ -386,8 +386,12 @@ def plot(board: Board, path: Path) -> None:
     own = OWN in protocols and len(protocols) > 1
     spreads = {(v, p): spread(board, v, p) for v in vs for p in protocols}
     second = own or any(sp.value is not None for sp in spreads.values())
-    fig, axes = plt.subplots(2 if second else 1, 1, squeeze=False,
-                             figsize=(max(8.0, 0.9 * len(rows) * max(1, len(protocols))), 8 if second else 4.5))
+    sc = scores.settings(board)
+    score_table = scores.table(board, sc, rows) if sc is not None else {}
+    third = any(e is not None for rs in score_table.values() for e in (rs.lrs, rs.ars))
+    panels = 1 + second + third
+    fig, axes = plt.subplots(panels, 1, squeeze=False,
+                             figsize=(max(8.0, 0.9 * len(rows) * max(1, len(protocols))), 4 * panels + 0.5))
     ax = axes[0][0]
     offset = 0.6 / max(1, len(protocols))
     for i, p in enumerate(protocols):
@@ -426,6 +430,8 @@ def plot(board: Board, path: Path) -> None:
             ax2.set(ylabel="spread (points)", title="spread: best − worst non-baseline set, 95 % bootstrap interval")
             ax2.legend(fontsize=7)
             ax2.grid(axis="y", alpha=0.3)
+    if third:
+        _plot_scores(board, rows, score_table, axes[panels - 1][0])
     fig.tight_layout()
     try:
         with atomic_write(path) as tmp:
@@ -452,6 +458,31 @@ def _plot_own(board: Board, vs: list[View], ax: Any) -> None:
     ax.grid(axis="y", alpha=0.3)
     if drawn:
         ax.legend(fontsize=7)
+
+
+def _plot_scores(board: Board, rows: list[RowKey], table: dict[tuple[RowKey, str], scores.RowScores],
+                 ax: Any) -> None:
+    """LRS (circles) and ARS (squares) of each set under each protocol, with their bootstrap intervals."""
+    series = [(name, p) for name in ("lrs", "ars") for p in board.protocols
+              if any(getattr(table[(row, p)], name) is not None for row in rows)]
+    offset = 0.6 / max(1, len(series))
+    for i, (name, p) in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for x, row in enumerate(rows):
+            e = getattr(table[(row, p)], name)
+            if e is None:
+                continue
+            iv = e.interval
+            xs.append(x + (i - (len(series) - 1) / 2) * offset)
+            ys.append(e.mean)
+            lo.append(e.mean - iv.lo if iv is not None and iv.lo is not None else 0.0)
+            hi.append(iv.hi - e.mean if iv is not None and iv.hi is not None else 0.0)
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o" if name == "lrs" else "s", capsize=3,
+                    color=f"C{board.protocols.index(p) % 10}", label=f"{name.upper()} · {p}")
+    ax.set_xticks(range(len(rows)), [_plot_label(board, row) for row in rows], rotation=25, ha="right", fontsize=8)
+    ax.set(ylabel="score (0-100)", title="DD-Ranking's scores: mean over seeds and 95 % bootstrap interval")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _plot_label(board: Board, row: RowKey) -> str:
