@@ -196,6 +196,7 @@ def test_a_sweep_with_scores_reports_them_from_its_runs(work, counted):
     md = (root / "leaderboard.md").read_text()
     assert "### DD-Ranking's scores" in md and f"{got.lrs.mean:.2f} ± {got.lrs.std:.2f}" in md
     assert f"{got.ars.mean:.2f} ± {got.ars.std:.2f}" in md and "Real-hard reference" in md
+    assert "Rank groups by score" in md and "| LRS | rd3-small | " in md and "| ARS | rd3-small | " in md
     csv_roles = {line.split(",")[6] for line in (root / "leaderboard.csv").read_text().splitlines()[1:]}
     assert csv_roles == {"", "hard", "naug", "real"}
 

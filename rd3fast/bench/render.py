@@ -14,8 +14,8 @@ from .board import OWN, Board, Cell, RowKey, load, ordered, value_text
 from .inference import Interval
 from . import scores
 from .page import html_page
-from .stats import (View, agreement, cell_interval, flips, ior, ior_interval, own_rows, ranking, spread, throughput,
-                    views)
+from .stats import (View, agreement, cell_interval, flips, ior, ior_interval, own_rows, rank_samples, ranking, spread,
+                    throughput, views)
 
 CSV_FIXED = ("id", "set", "method", "ipc", "baseline", "protocol", "role", "preset", "student")
 
@@ -115,6 +115,24 @@ def estimate_text(e: scores.Estimate | None, fmt: str = ".1f", final: bool = Tru
     return f"{e.mean:{fmt}}{spread_} (n={e.n}){_mark(final)}"
 
 
+def _score_ranks(board: Board, student: str, rows: list[RowKey], t: dict[tuple[RowKey, str], scores.RowScores],
+                 sc: scores.ScoreSettings) -> list[list[str]]:
+    """Per view, score and protocol: the sets ordered by the score, with rank-group letters (``rank_samples``)."""
+    out = []
+    for v in (v for v in views(board) if v.student == student):
+        members = [row for row in rows if (board.set_info(row[1]).ipc, row[2]) == (v.ipc, v.grid)]
+        for name in [n for n, on in (("lrs", sc.lrs), ("ars", sc.ars)) if on]:
+            for p in board.protocols:
+                samples = {row[1]: e.per_seed for row in members if (e := getattr(t[(row, p)], name)) is not None}
+                if len(samples) < 2:
+                    continue
+                order, letters, _ = rank_samples(samples)
+                means = {n: sum(samples[n].values()) / len(samples[n]) for n in order}
+                out.append([v.label(board), name.upper(), p,
+                            " > ".join(f"{n} {means[n]:.2f} ({letters[n]})" for n in order)])
+    return out
+
+
 def _scores_section(board: Board, student: str, rows: list[RowKey], sc: scores.ScoreSettings) -> list[str]:
     """DD-Ranking's scores: the hard-label and no-augmentation accuracies they read, then HLR, LRS and ARS."""
     t = scores.table(board, sc, rows)
@@ -149,6 +167,11 @@ def _scores_section(board: Board, student: str, rows: list[RowKey], sc: scores.S
         out += _table(label_head + list(board.protocols),
                       ([*_row_label(board, row), *(estimate_text(t[(row, p)].ars, ".2f", t[(row, p)].final)
                                                    for p in board.protocols)] for row in rows))
+    ranked = _score_ranks(board, student, rows, t, sc)
+    if ranked:
+        out += ["", "Rank groups by score (sets sharing a letter are not separated: paired t-tests over seeds, "
+                    "Holm-corrected at 5 %):", ""]
+        out += _table(["view", "score", "protocol", "order (best first)"], ranked)
     out += ["", "norm(x) = 100 (e^x − e^−1) / (e − e^−1) with x from accuracies as fractions: a score lies in "
                 "[0, 100], and x = 0 (no gain over random real images, no hard-label gap) is 26.9. Scores are computed "
                 "per seed from runs that share it, then averaged: mean ± std over seeds, 95 % bootstrap interval; "

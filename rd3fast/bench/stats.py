@@ -184,21 +184,27 @@ class Ranking:
 
 
 def ranking(board: Board, view: View, protocol: str) -> Ranking:
-    """Sets (baseline included) ranked by mean; every pair tested (paired t over shared seeds, Welch's
-    otherwise), Holm-corrected over the pairs of this view and protocol; rank groups from the verdicts."""
+    """Sets (baseline included) ranked by mean top-1 (``rank_samples``) under one protocol of a view."""
     cells = view_means(board, view, protocol, baselines=True)
-    order = sorted(cells, key=lambda n: -cells[n].mean)  # type: ignore[operator]
-    tested = [(a, b, difference_pvalue(seeds_of(cells[a]), seeds_of(cells[b]))) for a, b in combinations(order, 2)]
-    verdicts = holm([p for _, _, p in tested if p is not None])
-    it = iter(verdicts)
+    order, letters, pairs = rank_samples({name: seeds_of(c) for name, c in cells.items()})
+    return Ranking(view, protocol, order, letters, pairs)
+
+
+def rank_samples(samples: dict[str, dict[int, float]]) -> tuple[list[str], dict[str, str], list[Pair]]:
+    """Names ranked by the mean of their per-seed values (best first); every pair tested (paired t over
+    shared seeds, Welch's otherwise), Holm-corrected over the pairs; rank-group letters from the verdicts.
+    For top-1 cells (``ranking``) and for per-seed scores (``scores``) alike."""
+    means = {n: statistics.fmean(v.values()) for n, v in samples.items() if v}
+    order = sorted(means, key=lambda n: -means[n])
+    tested = [(a, b, difference_pvalue(samples[a], samples[b])) for a, b in combinations(order, 2)]
+    verdicts = iter(holm([p for _, _, p in tested if p is not None]))
     pairs = []
     for a, b, p in tested:
-        sep = next(it) if p is not None else False
-        sa, sb = seeds_of(cells[a]), seeds_of(cells[b])
+        sep = next(verdicts) if p is not None else False
+        sa, sb = samples[a], samples[b]
         pairs.append(Pair(a, b, difference_interval(sa, sb), p, sep, None if sep else seeds_needed(sa, sb)))
     separated = {frozenset((q.better, q.worse)) for q in pairs if q.separated}
-    letters = rank_groups(order, lambda x, y: frozenset((x, y)) in separated)
-    return Ranking(view, protocol, order, letters, pairs)
+    return order, rank_groups(order, lambda x, y: frozenset((x, y)) in separated), pairs
 
 
 def flips(board: Board, view: View, a: str, b: str) -> tuple[int, int, int]:
