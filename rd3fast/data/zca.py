@@ -30,6 +30,7 @@ import torch
 from ..atomic import atomic_write
 from ..cachedir import cache_root
 from ..errors import RD3Error
+from .tensors import safe_load
 
 log = logging.getLogger("rd3fast")
 CACHE_VERSION = 1  # bump when what a cached fit means changes
@@ -138,7 +139,7 @@ def fit_pixels(images: torch.Tensor, eps: float = 0.1, device: torch.device | st
     path = cache_root(cache_dir) / "zca" / f"{h.hexdigest()[:32]}.pt"
     if path.is_file():
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = safe_load(path)  # the one torch loader (weights_only); a refusal lands below
             return ZCA(mean=saved["mean"], matrix=saved["matrix"], inverse_matrix=saved["inverse_matrix"],
                        eps=float(saved["eps"]), image_shape=tuple(saved["image_shape"]))
         except Exception as e:  # noqa: BLE001 - a damaged entry is refitted, never trusted

@@ -13,7 +13,7 @@ training time, measured and reported in the results), and on a stop request.
 
 A checkpoint that cannot be read all the same (a disk error, a file copied in half, one written by
 something else, one holding objects a safe torch.load refuses) is refused in one line naming the file, or,
-with ``set_aside_unreadable`` (``run`` and the sweeps' groups), renamed to ``<name>.unreadable-<time>``
+with ``set_aside_unreadable`` (``run``, ``pretrain`` and the sweeps' groups), renamed to ``<name>.unreadable-<time>``
 with one line on stderr saying where, and its runs start over: rerunning the same command recovers, and
 nothing is deleted that someone may want to look at.
 

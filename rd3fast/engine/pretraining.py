@@ -122,8 +122,9 @@ def _train_and_save(exp: Experiment, out: str | Path, source: str, classes: list
     cfg, meta = exp.cfg, meta or {}
     how = f" ({meta['loader']})" if "loader" in meta else ""
     with OutputLock.file(out):
+        # An unreadable checkpoint is renamed aside and the run starts over, as `run` and the sweeps do.
         ckpt = Checkpointing(Path(str(out) + ".ckpt"), checkpoint_every, stop,
-                             {"config": cfg.to_dict(), "source": source})
+                             {"config": cfg.to_dict(), "source": source}, set_aside_unreadable=True)
         if restart:
             ckpt.discard()
         result, model = train(exp, cfg.seeds[0], progress=progress, desc=f"pretrain {cfg.student}{how}",
