@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -381,6 +382,7 @@ _HINTS = typing.get_type_hints(Config)
 FIELD_NAMES = tuple(f.name for f in fields(Config))
 
 
+@functools.lru_cache(maxsize=None)  # a field's kind never changes; every Config built checks every field
 def _kind(name: str) -> tuple[str, type]:
     """('scalar'|'tuple'|'optional', element type) for a field."""
     hint = _HINTS[name]
