@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 
 class RD3Error(ValueError):
     """Bad input: the message names the offending file/flag and what was expected."""
+
+
+def read_text(path: Path, missing: str, what: str) -> str:
+    """A text file's contents, or one RD3Error: ``missing`` when it is not there, ``cannot read <what> (why)``
+    when it cannot be read or is not text (the one place that turns a file's OSError into a line)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise RD3Error(missing) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RD3Error(f"cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
 
 
 class Interrupted(Exception):

@@ -450,3 +450,19 @@ def test_check_num_classes():
     check_num_classes("distilled set", 10, 10)
     with pytest.raises(RD3Error, match="set has 10 classes but 1000 were expected; pass --class-map"):
         check_num_classes("distilled set", 10, 1000, "pass --class-map")
+
+
+def test_text_files_missing_or_unreadable_are_one_line(tmp_path):
+    # one reader behind the class map, the sweep file and Tiny-ImageNet's val_annotations.txt
+    from rd3fast.bench.sweepfile import load_sweep
+    from rd3fast.data.folders import read_class_map
+
+    with pytest.raises(RD3Error, match=r"^class map .*nope\.txt does not exist$"):
+        read_class_map(tmp_path / "nope.txt")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(RD3Error, match=r"^cannot read class map .*bin\.txt \(.*codec.*\)$"):
+        read_class_map(tmp_path / "bin.txt")
+    with pytest.raises(RD3Error, match=r"^cannot read sweep file .*bin\.txt \(.*\)$"):
+        load_sweep(tmp_path / "bin.txt")
+    with pytest.raises(RD3Error, match=r"^sweep file .*none\.toml does not exist$"):
+        load_sweep(tmp_path / "none.toml")

@@ -13,7 +13,7 @@ from .. import config as config_mod
 from ..config import PRESETS, Config
 from ..data.datasets import BUILTIN, locate
 from ..engine.pretraining import STREAMED_SETS
-from ..errors import RD3Error
+from ..errors import RD3Error, read_text
 
 OWN = "own"  # protocol preset: each set's method's own recipe (METHOD_PRESETS)
 
@@ -206,13 +206,7 @@ def load_sweep(path: str | Path) -> Sweep:
     p = Path(path).expanduser()
     if p.is_dir():
         raise RD3Error(f"sweep {p} is a folder; expected a .toml file")
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise RD3Error(f"sweep file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RD3Error(f"cannot read sweep file {p} ({getattr(e, 'strerror', None) or e})") from None
-    return parse_sweep(text, p)
+    return parse_sweep(read_text(p, f"sweep file {p} does not exist", f"sweep file {p}"), p)
 
 
 def _toml_loads(text: str, where: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RD3Error
+from ..errors import RD3Error, read_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
@@ -37,12 +37,7 @@ class ImageList:
 def read_class_map(path: str | Path) -> list[str]:
     """Class folder names, one per line, in class-index order; blank lines ignored."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise RD3Error(f"class map {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RD3Error(f"cannot read class map {p}: {e}") from None
+    text = read_text(p, f"class map {p} does not exist", f"class map {p}")
     return unique_lines(text, f"class map {p}", "one class folder name per line")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import RD3Error
+from ..errors import RD3Error, read_text
 from .folders import IMAGE_EXTS, ImageList, list_images, unique_lines, visible_entries
 
 TINY_DIR = "tiny-imagenet-200"
@@ -61,12 +61,7 @@ def _images(folder: Path, what: str) -> list[Path]:
 
 def _read_annotations(path: Path, known: set[str]) -> dict[str, str]:
     """val_annotations.txt: file name -> wnid; a malformed or repeated row or an unknown wnid is an error."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RD3Error(f"{path} is missing; Tiny-ImageNet's val labels are in it") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RD3Error(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    text = read_text(path, f"{path} is missing; Tiny-ImageNet's val labels are in it", str(path))
     labels: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
