@@ -7,7 +7,7 @@ The teacher and the RDED IPC-10 set are the embedded default sweep's (``rd3fast.
 scripts use them (soft_label_mode 'M', KL, CutMix, SGD with a step schedule, ``num_eval`` rounds, the
 learning rate searched over its five values, on the held-out split here), shortened to ``--epochs`` and
 with the real-hard reference trained ``--real-epochs`` on the 60,000 training images. Prints the returned
-keys as JSON and the wall time; everything lies in ``<out>/root`` (``python -m rd3fast.bench report`` it).
+keys as JSON and the wall time (also ``<out>/summary.json``); everything lies in ``<out>/root`` (``python -m rd3fast.bench report`` it).
 A rerun trains nothing and takes seconds.
 """
 from __future__ import annotations
@@ -31,7 +31,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=50, help="num_epochs (DD-Ranking's demos: 300-1000)")
     ap.add_argument("--real-epochs", type=int, default=2, help="epochs of the real-hard reference")
     ap.add_argument("--num-eval", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a check that it runs: 2 epochs, 1 real epoch, 2 rounds")
     args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.real_epochs, args.num_eval = 2, 1, 2
     out = Path(args.out)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -47,9 +50,11 @@ def main() -> int:
                              real={"epochs": args.real_epochs, "eval_every": args.real_epochs},
                              save_path=str(out / "root"), parallel_seeds=args.num_eval, progress=False)
     wall = time.perf_counter() - t0
-    shown = {k: v for k, v in result.items() if k != "per_seed"}
-    print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
-                      "inputs_s": round(t_inputs, 1), "wall_s": round(wall, 1), **shown}, indent=1))
+    shown = {"machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+             "inputs_s": round(t_inputs, 1), "wall_s": round(wall, 1), "epochs": args.epochs,
+             "real_epochs": args.real_epochs, **result}
+    (out / "summary.json").write_text(json.dumps(shown, indent=1))
+    print(json.dumps({k: v for k, v in shown.items() if k != "per_seed"}, indent=1))
     return 0
 
 
