@@ -184,9 +184,9 @@ def _default(args: argparse.Namespace) -> int:
     root = check_output_dir(args.root or DEFAULT_ROOT, "--root").absolute()
     print(f"rd3fast bench: the default sweep: {DEFAULT_DATASET}, IPC {DEFAULT_IPC} "
           f"({', '.join(DEFAULT_SETS.values())}), student {DEFAULT_STUDENT}, 3 seeds, under rd3-small and each "
-          f"method's own protocol, with DD-Ranking's scores (LRS, ARS).\nNOTE: epochs shortened to {DEFAULT_EPOCHS} (the protocols use 300-400) and "
-          f"evaluations to every {DEFAULT_EVAL_EVERY} epochs; everything else is the presets'. Inputs and results "
-          f"in {root}/", flush=True)
+          f"method's own protocol, with DD-Ranking's scores (LRS, ARS).\nNOTE: epochs shortened to "
+          f"{DEFAULT_EPOCHS} (the protocols use 300-400) and evaluations to every {DEFAULT_EVAL_EVERY} epochs; "
+          f"everything else is the presets'. Inputs and results in {root}/", flush=True)
     with OutputLock.folder(root, "--root"):
         sw = load_sweep(default_inputs(root, progress=not args.no_progress))
         if args.dry_run:

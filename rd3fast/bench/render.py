@@ -368,8 +368,8 @@ def csv_header(board: Board) -> list[str]:
 
 
 def csv_rows(board: Board) -> list[list[Any]]:
-    """One line per planned run, the table's then those [scores] adds (``role``); ``selected`` says whether a run's grid value is the one
-    the held-out selection chose (blank without selection)."""
+    """One line per planned run, the table's then those [scores] adds (``role``); ``selected`` says whether a
+    run's grid value is the one the held-out selection chose (blank without selection)."""
     chosen = {r.id for c in board.cells.values() for r in c.chosen}
     rows = []
     chosen |= {r.id for c in board.extra_cells.values() for r in c.chosen}
@@ -416,18 +416,10 @@ def plot(board: Board, path: Path) -> None:
     fig, axes = plt.subplots(panels, 1, squeeze=False,
                              figsize=(max(8.0, 0.9 * len(rows) * max(1, len(protocols))), 4 * panels + 0.5))
     ax = axes[0][0]
-    offset = 0.6 / max(1, len(protocols))
     for i, p in enumerate(protocols):
-        xs, means, lo, hi = [], [], [], []
-        for x, row in enumerate(rows):
-            iv = cell_interval(board.cells.get((row, p)))
-            if iv is not None:
-                xs.append(x + (i - (len(protocols) - 1) / 2) * offset)
-                means.append(iv.value)
-                lo.append(iv.value - iv.lo if iv.lo is not None else 0.0)
-                hi.append(iv.hi - iv.value if iv.hi is not None else 0.0)
-        if xs:
-            ax.errorbar(xs, means, yerr=[lo, hi], fmt="o", capsize=3, color=f"C{i % 10}", label=p)
+        points = [(x, iv.value, iv) for x, row in enumerate(rows)
+                  if (iv := cell_interval(board.cells.get((row, p)))) is not None]
+        _points(ax, points, i, len(protocols), fmt="o", color=f"C{i % 10}", label=p)
     ax.set_xticks(range(len(rows)), [_plot_label(board, row) for row in rows], rotation=25, ha="right", fontsize=8)
     ax.set(ylabel="test top-1 (%)", title="last top-1: mean and 95 % interval over finished seeds")
     ax.grid(axis="y", alpha=0.3)
@@ -441,14 +433,9 @@ def plot(board: Board, path: Path) -> None:
             _plot_own(board, vs, ax2)
         else:
             for i, p in enumerate(protocols):
-                pts = [(x, spreads[(v, p)]) for x, v in enumerate(vs) if spreads[(v, p)].value is not None]
-                if not pts:
-                    continue
-                ivs = [sp.interval for _, sp in pts]
-                yerr = [[sp.value - iv.lo if iv and iv.lo is not None else 0.0 for (_, sp), iv in zip(pts, ivs)],
-                        [iv.hi - sp.value if iv and iv.hi is not None else 0.0 for (_, sp), iv in zip(pts, ivs)]]
-                ax2.errorbar([x + (i - (len(protocols) - 1) / 2) * offset for x, _ in pts], [sp.value for _, sp in pts],
-                             yerr=yerr, fmt="s", capsize=3, color=f"C{i % 10}", label=p)
+                points = [(x, sp.value, sp.interval) for x, v in enumerate(vs)
+                          if (sp := spreads[(v, p)]).value is not None]
+                _points(ax2, points, i, len(protocols), fmt="s", color=f"C{i % 10}", label=p)
             ax2.set_xticks(range(len(vs)), [v.label(board) for v in vs], fontsize=8)
             ax2.set(ylabel="spread (points)", title="spread: best − worst non-baseline set, 95 % bootstrap interval")
             ax2.legend(fontsize=7)
@@ -461,6 +448,17 @@ def plot(board: Board, path: Path) -> None:
             fig.savefig(tmp, format="png", dpi=110)  # format: the temporary name does not end in .png
     finally:
         plt.close(fig)
+
+
+def _points(ax: Any, points: list[tuple[int, float, Interval | None]], i: int, n: int, **style: Any) -> None:
+    """Series ``i`` of ``n`` side by side around each x: a point per value with its interval bar (none where
+    the interval is unknown)."""
+    if not points:
+        return
+    shift = (i - (n - 1) / 2) * 0.6 / max(1, n)
+    lo = [v - iv.lo if iv is not None and iv.lo is not None else 0.0 for _, v, iv in points]
+    hi = [iv.hi - v if iv is not None and iv.hi is not None else 0.0 for _, v, iv in points]
+    ax.errorbar([x + shift for x, _, _ in points], [v for _, v, _ in points], yerr=[lo, hi], capsize=3, **style)
 
 
 def _plot_own(board: Board, vs: list[View], ax: Any) -> None:
@@ -488,20 +486,11 @@ def _plot_scores(board: Board, rows: list[RowKey], table: dict[tuple[RowKey, str
     """LRS (circles) and ARS (squares) of each set under each protocol, with their bootstrap intervals."""
     series = [(name, p) for name in ("lrs", "ars") for p in board.protocols
               if any(getattr(table[(row, p)], name) is not None for row in rows)]
-    offset = 0.6 / max(1, len(series))
     for i, (name, p) in enumerate(series):
-        xs, ys, lo, hi = [], [], [], []
-        for x, row in enumerate(rows):
-            e = getattr(table[(row, p)], name)
-            if e is None:
-                continue
-            iv = e.interval
-            xs.append(x + (i - (len(series) - 1) / 2) * offset)
-            ys.append(e.mean)
-            lo.append(e.mean - iv.lo if iv is not None and iv.lo is not None else 0.0)
-            hi.append(iv.hi - e.mean if iv is not None and iv.hi is not None else 0.0)
-        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o" if name == "lrs" else "s", capsize=3,
-                    color=f"C{board.protocols.index(p) % 10}", label=f"{name.upper()} · {p}")
+        points = [(x, e.mean, e.interval) for x, row in enumerate(rows)
+                  if (e := getattr(table[(row, p)], name)) is not None]
+        _points(ax, points, i, len(series), fmt="o" if name == "lrs" else "s",
+                color=f"C{board.protocols.index(p) % 10}", label=f"{name.upper()} · {p}")
     ax.set_xticks(range(len(rows)), [_plot_label(board, row) for row in rows], rotation=25, ha="right", fontsize=8)
     ax.set(ylabel="score (0-100)", title="DD-Ranking's scores: mean over seeds and 95 % bootstrap interval")
     ax.grid(axis="y", alpha=0.3)
