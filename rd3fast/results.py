@@ -136,9 +136,16 @@ def plot_curves(results: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss (smoothed mean)", yscale="log")
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> None:
+    """Write a matplotlib figure as PNG through the atomic writer (a failed save, e.g. a full disk, leaves no
+    truncated file), and close it either way."""
+    import matplotlib.pyplot as plt
+
     try:
-        # Through the atomic writer: a failed save (a full disk) must not leave a truncated curves.png.
         with atomic_write(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)  # format: the temporary name does not end in .png
+            fig.savefig(tmp, format="png", dpi=dpi)  # format: the temporary name does not end in .png
     finally:
         plt.close(fig)

@@ -13,6 +13,7 @@ from ..atomic import atomic_write
 from .board import OWN, Board, Cell, RowKey, load, ordered, value_text
 from .inference import Interval
 from . import scores
+from ..results import save_figure
 from .page import html_page
 from .stats import (View, agreement, cell_interval, flips, ior, ior_interval, own_rows, rank_samples, ranking, spread,
                     throughput, views)
@@ -443,11 +444,7 @@ def plot(board: Board, path: Path) -> None:
     if third:
         _plot_scores(board, rows, score_table, axes[panels - 1][0])
     fig.tight_layout()
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)  # format: the temporary name does not end in .png
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _points(ax: Any, points: list[tuple[int, float, Interval | None]], i: int, n: int, **style: Any) -> None:
